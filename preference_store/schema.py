@@ -1,0 +1,153 @@
+"""The preference store's tables (SQLAlchemy 2). Alembic migrations in `migrations/` create them.
+
+Uniqueness is the store's exactly-once guarantee: every stage writes with insert-or-ignore on
+these keys, so a retried or resumed stage never writes a row twice.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timezone
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
+from sqlalchemy.dialects.postgresql import JSONB
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+JSONType = JSON().with_variant(JSONB(), "postgresql")
+
+
+def utcnow() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict: JSONType, list: JSONType, datetime: DateTime(timezone=True)}
+
+
+class Prompt(Base):
+    """One utterance of the corpus: its text, its real recording and the golden codec tokens of it."""
+
+    __tablename__ = "prompts"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    utterance_id: Mapped[str] = mapped_column(String(200), unique=True)
+    text: Mapped[str] = mapped_column(Text)
+    speaker: Mapped[str | None] = mapped_column(String(200))
+    golden_audio_path: Mapped[str] = mapped_column(Text)
+    golden_tokens: Mapped[list] = mapped_column(comment="all RVQ layers, [layer][frame]")
+    num_frames: Mapped[int] = mapped_column(Integer)
+    duration_s: Mapped[float] = mapped_column(Float)
+    split: Mapped[str] = mapped_column(String(16), index=True, comment="train | heldout")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ImportIssue(Base):
+    """A manifest row that was skipped or repaired on import, with what was wrong."""
+
+    __tablename__ = "import_issues"
+    __table_args__ = (UniqueConstraint("manifest", "line", "action"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    manifest: Mapped[str] = mapped_column(Text)
+    line: Mapped[int] = mapped_column(Integer)
+    utterance_id: Mapped[str | None] = mapped_column(String(200))
+    action: Mapped[str] = mapped_column(String(16), comment="skipped | resampled | downmixed")
+    problem: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Campaign(Base):
+    __tablename__ = "campaigns"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    config: Mapped[dict]
+    base_model_path: Mapped[str] = mapped_column(Text)
+    mlflow_experiment_id: Mapped[str | None] = mapped_column(String(64))
+    mlflow_parent_run_id: Mapped[str | None] = mapped_column(String(64))
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Round(Base):
+    """Round 0 of a campaign evaluates the base model; rounds 1..N each align the previous policy."""
+
+    __tablename__ = "rounds"
+    __table_args__ = (UniqueConstraint("campaign_id", "number"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    number: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(16), default="running", comment="running | completed | failed")
+    policy_in: Mapped[str] = mapped_column(Text, comment="policy that generated this round's samples")
+    policy_out: Mapped[str | None] = mapped_column(Text, comment="merged policy after DPO")
+    mlflow_run_id: Mapped[str | None] = mapped_column(String(64))
+    error: Mapped[str | None] = mapped_column(Text)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+
+
+class RoundStage(Base):
+    """Progress of one stage of one round: what makes a round resumable."""
+
+    __tablename__ = "round_stages"
+    __table_args__ = (UniqueConstraint("round_id", "stage"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    stage: Mapped[str] = mapped_column(String(32))
+    status: Mapped[str] = mapped_column(String(16), comment="running | completed | failed")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime] = mapped_column(default=utcnow)
+    finished_at: Mapped[datetime | None]
+    seconds: Mapped[float | None] = mapped_column(Float)
+    result: Mapped[dict | None]
+    error: Mapped[str | None] = mapped_column(Text)
+
+
+class Sample(Base):
+    """A codec-token sequence for a prompt in a round: the golden one, a candidate, or a held-out evaluation."""
+
+    __tablename__ = "samples"
+    __table_args__ = (UniqueConstraint("round_id", "prompt_id", "kind", "k"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), comment="golden | candidate | heldout")
+    k: Mapped[int] = mapped_column(Integer)
+    tokens: Mapped[list] = mapped_column(comment="layer-1 codec units")
+    finished: Mapped[bool] = mapped_column(Boolean, comment="ended with <eosp> before the length limit")
+    seed: Mapped[int | None] = mapped_column(Integer)
+    sampling: Mapped[dict | None]
+    audio_path: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Score(Base):
+    __tablename__ = "scores"
+    __table_args__ = (UniqueConstraint("sample_id", "metric"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"), index=True)
+    metric: Mapped[str] = mapped_column(String(64))
+    value: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text, comment="why the metric failed on this sample")
+
+
+class Pair(Base):
+    __tablename__ = "pairs"
+    __table_args__ = (UniqueConstraint("round_id", "chosen_sample_id", "rejected_sample_id", "criterion"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    chosen_sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    rejected_sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    criterion: Mapped[str] = mapped_column(String(64))
+    margins: Mapped[dict | None]
+    source: Mapped[str] = mapped_column(String(16), default="auto", comment="auto | human")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Checkpoint(Base):
+    __tablename__ = "checkpoints"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), unique=True)
+    path: Mapped[str] = mapped_column(Text)
+    mlflow_model_name: Mapped[str] = mapped_column(String(200))
+    mlflow_version: Mapped[str] = mapped_column(String(32))
+    parent_version: Mapped[str | None] = mapped_column(String(32), comment="version of the round before; NULL: base")
+    metrics: Mapped[dict | None]
+    promoted: Mapped[bool] = mapped_column(Boolean, default=False)
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
