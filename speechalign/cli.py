@@ -1,0 +1,252 @@
+"""`speechalign`: the command line.
+
+    speechalign demo [--workdir W] [--rounds N]
+    speechalign bootstrap --manifest M.jsonl --workdir W
+    speechalign round --workdir W
+    speechalign campaign --workdir W --rounds N
+    speechalign report --workdir W [--json]
+    speechalign db upgrade [--db URL]
+    speechalign config [--workdir W]          print the effective config (every knob)
+    speechalign train-codec --manifest M --out DIR
+
+Every command takes --config FILE and --set section.key=value.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+import warnings
+
+# Set before the libraries read them: no Hub look-ups, a patient ephemeral Prefect server, quiet tokenizers.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its telemetry write races the ephemeral DB
+os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "speechalign")  # our progress lines in Prefect's log
+warnings.filterwarnings("ignore", message=".*weight_norm.*")
+warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*")
+
+
+def _common(p: argparse.ArgumentParser, workdir_default: str | None = None) -> None:
+    p.add_argument("--workdir", default=workdir_default, help="work directory (store, models, MLflow, corpus)")
+    p.add_argument("--config", help="TOML config file (see `speechalign config`)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                   help="override one config knob, e.g. --set train.learning_rate=1e-4 (repeatable)")
+
+
+def parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="speechalign", description="Iterative preference alignment of codec LMs.")
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("demo", help="build the demo corpus, bootstrap, run N rounds, print the table")
+    _common(p, "speechalign-demo")
+    p.add_argument("--rounds", type=int, default=None, help="rounds to run (default: campaign.rounds, 3)")
+    p = sub.add_parser("bootstrap", help="import a corpus, encode golden tokens, make the base model")
+    _common(p)
+    p.add_argument("--manifest", help="JSONL manifest; without it, the demo corpus")
+    p.add_argument("--base-model", help="your Hugging Face causal-LM directory (default: the demo model)")
+    p = sub.add_parser("round", help="run one more round (or finish an interrupted one)")
+    _common(p)
+    p = sub.add_parser("campaign", help="run N more rounds")
+    _common(p)
+    p.add_argument("--rounds", type=int, required=True)
+    p = sub.add_parser("report", help="per round: pairs, DPO metrics, held-out metrics, model version")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p = sub.add_parser("db", help="preference store schema")
+    dbsub = p.add_subparsers(dest="db_command", required=True)
+    up = dbsub.add_parser("upgrade", help="run Alembic migrations to head")
+    _common(up)
+    up.add_argument("--db", help="SQLAlchemy URL (default: the work directory's store)")
+    p = sub.add_parser("config", help="print the effective config as TOML")
+    _common(p)
+    p = sub.add_parser("train-codec", help="build the demo codec from a corpus (distilled encoder + fitted RVQ)")
+    p.add_argument("--manifest", help="JSONL manifest; without it, an espeak corpus of 800 utterances in 4 voices")
+    p.add_argument("--out", required=True)
+    p.add_argument("--distill-steps", type=int, default=3000)
+    p.add_argument("--layer1-codes", type=int, default=64)
+    p.add_argument("--seed", type=int, default=0)
+    return ap
+
+
+def _config(args):
+    from speechalign.config import load_config
+
+    workdir = args.workdir or None
+    cfg = load_config(args.config, args.overrides, workdir)
+    return cfg
+
+
+def _flow_args(cfg, args) -> dict:
+    return {"workdir": str(cfg.workdir), "config_file": args.config, "overrides": args.overrides}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    from speechalign.config import ConfigError
+    from speechalign.flows.common import SetupError
+    from speechalign.preflight import PreflightError
+
+    try:
+        return COMMANDS[args.command](args)
+    except (ConfigError, PreflightError, SetupError, FileNotFoundError) as exc:
+        print(f"speechalign: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def cmd_demo(args) -> int:
+    started = time.monotonic()
+    if args.rounds is not None:
+        args.overrides = [*args.overrides, f"campaign.rounds={args.rounds}"]
+    cfg = _config(args)
+    _prepare(cfg)
+    from speechalign.flows.bootstrap import bootstrap
+    from speechalign.flows.campaign import alignment_campaign
+
+    bootstrap(**_flow_args(cfg, args))
+    report_before = _report(cfg)
+    done = sum(1 for r in report_before["rounds"] if r["round"] > 0 and r["status"] == "completed")
+    todo = max(0, cfg.campaign.rounds - done)
+    if todo:
+        alignment_campaign(rounds=todo, **_flow_args(cfg, args))
+    _print_report(cfg, as_json=False)
+    print(f"\ndemo wall time: {(time.monotonic() - started) / 60:.1f} min")
+    print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    return 0
+
+
+def cmd_bootstrap(args) -> int:
+    if args.manifest and not os.path.isfile(args.manifest):
+        raise FileNotFoundError(f"manifest {args.manifest} does not exist; give a JSONL file with one "
+                                '{"id", "text", "audio", "speaker"?} object per line')
+    if args.manifest:
+        args.overrides = [*args.overrides, f"corpus.manifest={json.dumps(os.path.abspath(args.manifest))}"]
+    if args.base_model:
+        args.overrides = [*args.overrides, f"model.base_model={json.dumps(os.path.abspath(args.base_model))}"]
+    _require_workdir(args)
+    cfg = _config(args)
+    _prepare(cfg, mlflow_too=False)
+    from speechalign.flows.bootstrap import bootstrap
+
+    result = bootstrap(**_flow_args(cfg, args))
+    imported = result["import"]
+    print(f"imported {imported['imported']} utterances ({imported['heldout']} held out), "
+          f"skipped {imported['skipped']}, repaired {len(imported['repaired'])}")
+    for problem in imported["problems"]:
+        print(f"  {problem}")
+    print(f"base model: {result['base_model']}")
+    return 0
+
+
+def cmd_round(args) -> int:
+    _require_workdir(args)
+    cfg = _config(args)
+    _prepare(cfg)
+    from speechalign.flows.common import ensure_campaign
+    from speechalign.flows.round import alignment_round
+
+    ensure_campaign(cfg)  # fails here, with what to run, if bootstrap has not been run
+
+    alignment_round(**_flow_args(cfg, args))
+    _print_report(cfg, as_json=False)
+    return 0
+
+
+def cmd_campaign(args) -> int:
+    _require_workdir(args)
+    cfg = _config(args)
+    _prepare(cfg)
+    from speechalign.flows.campaign import alignment_campaign
+    from speechalign.flows.common import ensure_campaign
+
+    ensure_campaign(cfg)
+
+    alignment_campaign(rounds=args.rounds, **_flow_args(cfg, args))
+    _print_report(cfg, as_json=False)
+    return 0
+
+
+def cmd_report(args) -> int:
+    _require_workdir(args)
+    cfg = _config(args)
+    _prepare(cfg, mlflow_too=False)
+    _print_report(cfg, as_json=args.json)
+    return 0
+
+
+def cmd_db(args) -> int:
+    from speechalign.preference_store import migrate
+    from speechalign.preference_store.store import check_reachable
+
+    cfg = _config(args)
+    url = args.db or cfg.store_url
+    if url.startswith("sqlite:///"):
+        os.makedirs(os.path.dirname(url.removeprefix("sqlite:///")) or ".", exist_ok=True)
+    try:
+        check_reachable(url)
+    except RuntimeError as exc:
+        print(f"speechalign: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"preference store at revision {migrate.upgrade(url)} (head {migrate.head_revision(url)})")
+    return 0
+
+
+def cmd_config(args) -> int:
+    print(_config(args).to_toml())
+    return 0
+
+
+def cmd_train_codec(args) -> int:
+    from speechalign.tasks.codec_training import train_demo_codec
+
+    manifest = args.manifest
+    if not manifest:
+        from pathlib import Path
+
+        from speechalign.tasks.demo_corpus import build_demo_corpus
+
+        manifest = str(build_demo_corpus(Path(args.out) / "corpus", 800, CODEC_CORPUS_VOICES, args.seed + 1, 175))
+    card = train_demo_codec(manifest, args.out, args.distill_steps, args.layer1_codes, args.seed)
+    print(card)
+    return 0
+
+
+# The shipped codec's corpus: the demo's voices and two more, other sentences than the demo's (seed + 1).
+CODEC_CORPUS_VOICES = ["en-us+m3", "en-gb+f3", "en-us+f3", "en-gb+m1"]
+
+
+def _require_workdir(args) -> None:
+    if not args.workdir:
+        from speechalign.config import ConfigError
+
+        raise ConfigError(f"`speechalign {args.command}` needs --workdir (the directory bootstrap wrote to)")
+
+
+def _prepare(cfg, mlflow_too: bool = True) -> None:
+    from speechalign.preflight import prepare
+
+    prepare(cfg, mlflow_too)
+
+
+def _report(cfg) -> dict:
+    from speechalign.report import campaign_report
+
+    return campaign_report(cfg)
+
+
+def _print_report(cfg, as_json: bool) -> None:
+    from speechalign.report import format_table
+
+    report = _report(cfg)
+    print(json.dumps(report, indent=2, default=str) if as_json else format_table(report))
+
+
+COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
+            "report": cmd_report, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec}
+
+if __name__ == "__main__":
+    sys.exit(main())

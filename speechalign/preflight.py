@@ -1,0 +1,63 @@
+"""Checks that run before any work: a wrong database URL or MLflow URI fails in seconds, with a
+message that says what to fix, instead of after an hour of generation."""
+
+from __future__ import annotations
+
+import os
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from speechalign.config import Config
+from speechalign.preference_store import migrate
+from speechalign.preference_store.store import check_reachable
+
+
+class PreflightError(RuntimeError):
+    pass
+
+
+def check_mlflow(uri: str) -> None:
+    if uri.startswith(("http://", "https://")):
+        try:
+            with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=10) as resp:
+                if resp.status != 200:
+                    raise OSError(f"HTTP {resp.status}")
+        except (OSError, urllib.error.URLError) as exc:
+            raise PreflightError(
+                f"cannot reach the MLflow tracking server at {uri} ({exc}); start it (`mlflow server ...`) "
+                "or fix [mlflow] tracking_uri in the config") from exc
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise PreflightError(f"MLflow store {uri}: cannot create {folder} ({exc}); fix [mlflow] tracking_uri") from exc
+        if not os.access(folder, os.W_OK):
+            raise PreflightError(f"MLflow store {uri}: {folder} is not writable; fix [mlflow] tracking_uri")
+    elif uri.startswith(("postgresql", "mysql", "mssql")):
+        try:
+            check_reachable(uri)
+        except RuntimeError as exc:
+            raise PreflightError(f"MLflow tracking store: {exc}") from exc
+    else:
+        raise PreflightError(
+            f"MLflow tracking URI {uri!r} cannot hold a model registry; use a database store "
+            "(sqlite:///path/mlflow.db, postgresql://...) or an MLflow server (http://host:5000)")
+
+
+def prepare(cfg: Config, mlflow_too: bool = True) -> None:
+    """Reach the store (and MLflow), and bring the store's schema to the newest migration."""
+    url = cfg.store_url
+    if url.startswith("sqlite:///"):
+        Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    try:
+        check_reachable(url)
+    except RuntimeError as exc:
+        raise PreflightError(str(exc)) from exc
+    if mlflow_too:
+        check_mlflow(cfg.tracking_uri)
+    if cfg.store.auto_migrate:
+        migrate.upgrade(url)
+    elif migrate.current_revision(url) != migrate.head_revision(url):
+        raise PreflightError(f"the preference store at {url} is not at the newest schema; run `speechalign db upgrade`")

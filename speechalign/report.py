@@ -1,0 +1,63 @@
+"""The round-by-round report of a campaign, from the preference store alone."""
+
+from __future__ import annotations
+
+from speechalign.config import Config
+from speechalign.tasks.stage import open_store
+
+COLUMNS = [  # (header, key, format)
+    ("round", "round", "{}"),
+    ("status", "status", "{}"),
+    ("pairs", "pairs", "{}"),
+    ("dpo acc", "dpo/rewards/accuracies", "{:.3f}"),
+    ("dpo margin", "dpo/rewards/margins", "{:.3f}"),
+    ("logp chosen", "dpo/logps/chosen", "{:.1f}"),
+    ("held-out UED", "heldout/unit_edit_distance", "{:.4f}"),
+    ("len ratio", "heldout/length_ratio", "{:.3f}"),
+    ("finished", "heldout/finished_rate", "{:.2f}"),
+    ("version", "mlflow_version", "{}"),
+    ("minutes", "minutes", "{:.1f}"),
+]
+
+
+def campaign_report(cfg: Config) -> dict:
+    store = open_store(cfg)
+    campaign = store.campaign(cfg.campaign.name)
+    if campaign is None:
+        return {"campaign": cfg.campaign.name, "rounds": []}
+    rows = []
+    for rnd in store.rounds(campaign.id):
+        stages = store.stages(rnd.id)
+        results = {name: st.result or {} for name, st in stages.items()}
+        checkpoint = store.checkpoint(rnd.id)
+        row: dict = {
+            "round": rnd.number, "status": rnd.status, "policy": rnd.policy_out or rnd.policy_in,
+            "pairs": results.get("pairs", {}).get("pairs"),
+            "mlflow_run_id": rnd.mlflow_run_id, "mlflow_version": checkpoint.mlflow_version if checkpoint else None,
+            "parent_version": checkpoint.parent_version if checkpoint else None,
+            "minutes": sum(st.seconds or 0.0 for st in stages.values()) / 60,
+            "stages": {name: {"status": st.status, "seconds": st.seconds, "attempts": st.attempts,
+                              "error": (st.error or "").splitlines()[0] if st.error else None}
+                       for name, st in stages.items()},
+            "error": rnd.error,
+        }
+        row.update({f"dpo/{k}": v for k, v in results.get("train", {}).get("final", {}).items()})
+        row.update({k: v for k, v in results.get("evaluate", {}).items() if k.startswith("heldout/")})
+        rows.append(row)
+    return {"campaign": campaign.name, "store": store.url, "registered_model": cfg.registered_model,
+            "rounds": rows}
+
+
+def format_table(report: dict) -> str:
+    if not report["rounds"]:
+        return f"campaign {report['campaign']}: no rounds yet"
+    cells = [[h for h, _, _ in COLUMNS]]
+    for row in report["rounds"]:
+        cells.append([fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS])
+    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    failed = [r for r in report["rounds"] if r["status"] == "failed"]
+    notes = [f"round {r['round']} failed: {r['error']} (run `speechalign round` to resume it)" for r in failed]
+    title = f"campaign {report['campaign']}  (round 0 = base model; UED = held-out unit edit distance to golden)"
+    return "\n".join([title, *lines, *notes])

@@ -1,0 +1,60 @@
+"""MLflow layout of a campaign: one experiment, a parent run for the campaign, a nested run per round.
+
+Runs are found again by their tags before any is created, so a resumed stage never makes a
+second run for the same campaign or round.
+"""
+
+from __future__ import annotations
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from speechalign.config import Config
+from speechalign.preference_store.schema import Campaign, Round
+from speechalign.preference_store.store import PreferenceStore
+
+CAMPAIGN_TAG, ROUND_TAG = "speechalign.campaign", "speechalign.round"
+
+
+def client(cfg: Config) -> MlflowClient:
+    mlflow.set_tracking_uri(cfg.tracking_uri)
+    return MlflowClient(cfg.tracking_uri)
+
+
+def experiment_id(cfg: Config, c: MlflowClient) -> str:
+    name = f"speechalign-{cfg.campaign.name}"
+    exp = c.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    return c.create_experiment(name, artifact_location=cfg.artifact_location, tags={CAMPAIGN_TAG: cfg.campaign.name})
+
+
+def _find_or_create_run(c: MlflowClient, exp_id: str, tags: dict[str, str], run_name: str) -> str:
+    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items() if k.startswith("speechalign."))
+    found = c.search_runs([exp_id], filter_string=query, max_results=1)
+    if found:
+        return found[0].info.run_id
+    return c.create_run(exp_id, tags={**tags, "mlflow.runName": run_name}).info.run_id
+
+
+def campaign_run(cfg: Config, store: PreferenceStore, campaign: Campaign) -> tuple[MlflowClient, str, str]:
+    """(client, experiment id, parent run id) of the campaign, created on first use."""
+    c = client(cfg)
+    exp_id = experiment_id(cfg, c)
+    run_id = campaign.mlflow_parent_run_id or _find_or_create_run(
+        c, exp_id, {CAMPAIGN_TAG: campaign.name, ROUND_TAG: "campaign"}, campaign.name)
+    if campaign.mlflow_parent_run_id != run_id:
+        c.log_text(run_id, cfg.to_toml(), "config.toml")
+        store.set_campaign_mlflow(campaign.id, exp_id, run_id)
+    return c, exp_id, run_id
+
+
+def round_run(cfg: Config, store: PreferenceStore, campaign: Campaign, rnd: Round) -> tuple[MlflowClient, str, str]:
+    """(client, parent run id, round run id): the round's run, nested under the campaign's."""
+    c, exp_id, parent = campaign_run(cfg, store, campaign)
+    run_id = rnd.mlflow_run_id or _find_or_create_run(
+        c, exp_id, {CAMPAIGN_TAG: campaign.name, ROUND_TAG: str(rnd.number), "mlflow.parentRunId": parent},
+        f"round-{rnd.number}")
+    if rnd.mlflow_run_id != run_id:
+        store.set_round_mlflow_run(rnd.id, run_id)
+    return c, parent, run_id

@@ -1,0 +1,56 @@
+"""The initial policy: the demo's small Llama or a user's HF model, fine-tuned on golden tokens.
+
+SpeechAlign starts from a codec LM trained on golden tokens; bootstrap makes it here with TRL's
+SFTTrainer on the train split (prompt = text, completion = golden layer-1 units, loss on the
+completion only). With `model.sft_epochs = 0` a user's model is taken as it is.
+"""
+
+from __future__ import annotations
+
+import os
+
+import torch
+from datasets import Dataset
+from transformers import PrinterCallback
+from trl import SFTConfig, SFTTrainer
+
+from speechalign.config import Config
+from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, completion_text, load_user_model
+from speechalign.preference_store.schema import Prompt
+from speechalign.tasks.progress import ProgressLog
+from speechalign.tasks.stage import log
+
+
+def initial_model(cfg: Config, codebook_size: int, speakers: list[str]) -> CodecLM:
+    m = cfg.model
+    if m.base_model:
+        return load_user_model(m.base_model, codebook_size, speakers, m.speaker_in_prompt)
+    tokenizer = build_demo_tokenizer(codebook_size, speakers if m.speaker_in_prompt else [])
+    model = build_demo_model(tokenizer, m.layers, m.hidden_size, m.heads, m.max_positions, m.seed)
+    return CodecLM(model, tokenizer, {"codebook_size": codebook_size, "speaker_in_prompt": m.speaker_in_prompt,
+                                      "added_tokens": 0, "source": "demo"})
+
+
+def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir: str) -> dict:
+    """Full fine-tuning on golden units of the train split; returns the training figures."""
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    m = cfg.model
+    data = Dataset.from_list([{"prompt": lm.prompt(p.text, p.speaker), "completion": completion_text(p.golden_tokens[0])}
+                              for p in prompts])
+    args = SFTConfig(
+        output_dir=out_dir, num_train_epochs=m.sft_epochs, per_device_train_batch_size=m.sft_batch_size,
+        learning_rate=m.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10,
+        save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
+        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), max_length=m.max_positions,
+        gradient_checkpointing=False, seed=m.seed, dataloader_num_workers=0,
+    )
+    trainer = SFTTrainer(model=lm.model, args=args, train_dataset=data, processing_class=lm.tokenizer,
+                         callbacks=[ProgressLog("bootstrap SFT", ("loss", "mean_token_accuracy"))])
+    trainer.remove_callback(PrinterCallback)
+    output = trainer.train()
+    logs = [h for h in trainer.state.log_history if "mean_token_accuracy" in h]
+    result = {"epochs": m.sft_epochs, "steps": int(trainer.state.global_step), "utterances": len(prompts),
+              "train_loss": float(output.training_loss), "runtime_s": float(output.metrics.get("train_runtime", 0)),
+              "final_token_accuracy": float(logs[-1]["mean_token_accuracy"]) if logs else None}
+    log.info("bootstrap: SFT %s", result)
+    return result

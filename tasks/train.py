@@ -1,0 +1,112 @@
+"""Train: DPO with a LoRA adapter (TRL + PEFT) on the round's pairs; the merged model is the next policy.
+
+The reference model is the round's input policy by default (PEFT's adapter-disabled model, so no
+second copy is held); `train.reference = "initial"` makes it the campaign's base model instead.
+bf16 on a GPU that supports it, fp32 on CPU.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+
+import torch
+from datasets import Dataset
+from peft import LoraConfig
+from transformers import PrinterCallback
+from trl import DPOConfig, DPOTrainer
+
+from speechalign.config import Config
+from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
+from speechalign.tasks.progress import ProgressLog
+from speechalign.tasks.stage import open_store, round_dir
+
+DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
+               "logps/chosen", "logps/rejected", "grad_norm")
+
+
+def precision(cfg: Config) -> str:
+    if cfg.train.precision != "auto":
+        return cfg.train.precision
+    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
+
+
+def preference_dataset(cfg: Config, round_id: int, lm: CodecLM) -> Dataset:
+    store = open_store(cfg)
+    samples = {s.id: s for s in store.samples(round_id)}
+    prompts = {p.id: p for p in store.prompts()}
+    rows = []
+    for pair in store.pairs(round_id):
+        prompt = prompts[pair.prompt_id]
+        rows.append({"prompt": lm.prompt(prompt.text, prompt.speaker),
+                     "chosen": completion_text(samples[pair.chosen_sample_id].tokens),
+                     "rejected": completion_text(samples[pair.rejected_sample_id].tokens)})
+    if not rows:
+        raise RuntimeError(f"round {round_id} has no pairs to train on; run the pairs stage first")
+    return Dataset.from_list(rows)
+
+
+def embedding_module_names(model) -> list[str]:
+    """Names of the input embedding and output layer, for PEFT's modules_to_save."""
+    wanted = {id(model.get_input_embeddings()), id(model.get_output_embeddings())}
+    return sorted({name.split(".")[-1] for name, module in model.named_modules() if id(module) in wanted})
+
+
+def train_policy(cfg: Config, round_id: int) -> dict:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # PEFT looks for the Hub when saving otherwise
+    store = open_store(cfg)
+    rnd = store.round(round_id)
+    out_dir = round_dir(cfg, rnd.number)
+    policy_dir, adapter_dir = out_dir / "policy", out_dir / "adapter"
+    lm = load_codec_lm(rnd.policy_in, for_training=True)
+    dataset = preference_dataset(cfg, round_id, lm)
+    t = cfg.train
+    mode = precision(cfg)
+    train_embeddings = t.train_embeddings == "true" or (
+        t.train_embeddings == "auto" and lm.metadata.get("added_tokens", 0) > 0 and not lm.metadata.get("sft"))
+    lora = LoraConfig(
+        r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, task_type="CAUSAL_LM",
+        target_modules=t.target_modules[0] if t.target_modules == ["all-linear"] else t.target_modules,
+        modules_to_save=embedding_module_names(lm.model) if train_embeddings else None,
+    )
+    args = DPOConfig(
+        output_dir=str(out_dir / "dpo"), num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size,
+        gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate, beta=t.beta,
+        loss_type=t.loss_type, loss_weights=t.loss_weights or None, max_length=t.max_length,
+        lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, len(dataset) // t.batch_size),
+        logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=t.seed,
+        bf16=mode == "bf16", use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        dataloader_num_workers=0, remove_unused_columns=False,
+    )
+    ref_model = load_codec_lm(campaign_base(cfg, rnd.campaign_id), for_training=True).model if t.reference == "initial" else None
+    progress = ProgressLog("train", ("loss", "rewards/accuracies", "rewards/margins"))
+    trainer = DPOTrainer(model=lm.model, ref_model=ref_model, args=args, train_dataset=dataset,
+                         processing_class=lm.tokenizer, peft_config=lora, callbacks=[progress])
+    trainer.remove_callback(PrinterCallback)  # one line per step is too much; ProgressLog reports every 10
+    output = trainer.train()
+    history = [{k: h[k] for k in ("step", *DPO_METRICS) if k in h}
+               for h in trainer.state.log_history if "rewards/accuracies" in h]
+    trainer.model.save_pretrained(adapter_dir)
+    merged = trainer.model.merge_and_unload()
+    metadata = {**lm.metadata, "parent": rnd.policy_in, "round": rnd.number}
+    tmp = out_dir / "policy.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    CodecLM(merged, lm.tokenizer, metadata).save(tmp)
+    shutil.rmtree(policy_dir, ignore_errors=True)
+    tmp.rename(policy_dir)  # the policy directory appears complete or not at all
+    tail = history[-max(1, len(history) // 4):]
+    return {
+        "pairs": len(dataset), "steps": int(trainer.state.global_step), "precision": mode,
+        "runtime_s": float(output.metrics.get("train_runtime", 0.0)), "reference": t.reference,
+        "policy": str(policy_dir), "adapter": str(adapter_dir),
+        "final": {k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
+        "history": history,
+    }
+
+
+def campaign_base(cfg: Config, campaign_id: int) -> str:
+    campaign = open_store(cfg).campaign(cfg.campaign.name)
+    if campaign is None or campaign.id != campaign_id:
+        raise RuntimeError(f"campaign {cfg.campaign.name!r} is not the one round belongs to")
+    return campaign.base_model_path
