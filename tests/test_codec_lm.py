@@ -1,0 +1,78 @@
+"""The codec LM: units survive tokenization, and a user's own HF model goes through the same path."""
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
+from speechalign.models.codec_lm import (
+    CodecLM,
+    build_demo_model,
+    build_demo_tokenizer,
+    check_units_survive,
+    completion_text,
+    load_codec_lm,
+    load_user_model,
+    speaker_token,
+)
+from speechalign.models.sampling import Sampling, generate_units
+
+
+def test_demo_tokenizer_keeps_units_speakers_and_lowercases_text():
+    tok = build_demo_tokenizer(1024, ["en-us+m3"])
+    text = speaker_token("en-us+m3") + "Hi!<sosp>" + completion_text([0, 512, 1023])
+    tokens = tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+    assert tokens == ["<spk:en-us+m3>", "h", "i", "!", "<sosp>", "<u0>", "<u512>", "<u1023>", "<eosp>"]
+    assert tok.unk_token_id not in tok(text)["input_ids"]
+
+
+def test_a_tokenizer_that_loses_units_is_refused():
+    vocab = {"<unk>": 0, "<sosp>": 1, "<eosp>": 2, "a": 3, "b": 4}
+    core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.Split("<[^>]+>|.", behavior="isolated")  # a plain string: the NOTES trap
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
+    with pytest.raises(ValueError, match="does not keep codec units"):
+        check_units_survive(tok, 16)
+
+
+def _user_model_dir(tmp_path):
+    """A user's model: GPT-2 with a byte-level BPE tokenizer that knows no speech tokens."""
+    core = Tokenizer(models.BPE(unk_token=None))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    core.train_from_iterator(["the quick brown fox jumps over the lazy dog"] * 50,
+                             trainers.BpeTrainer(vocab_size=300, special_tokens=["<|endoftext|>"],
+                                                 initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    from tokenizers import decoders
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, eos_token="<|endoftext|>")
+    model = GPT2LMHeadModel(GPT2Config(vocab_size=len(tok), n_layer=1, n_embd=32, n_head=2, n_positions=256))
+    model.save_pretrained(tmp_path / "user")
+    tok.save_pretrained(tmp_path / "user")
+    return tmp_path / "user", len(tok)
+
+
+def test_users_hf_model_gets_the_speech_vocabulary_and_generates_units(tmp_path):
+    path, before = _user_model_dir(tmp_path)
+    lm = load_user_model(path, codebook_size=64, speakers=["alice"], speaker_in_prompt=True)
+    assert lm.metadata["added_tokens"] == 64 + 2 + 1
+    assert lm.model.get_input_embeddings().weight.shape[0] == len(lm.tokenizer) == before + 67
+    out = generate_units(lm, [lm.prompt("the fox", "alice")], Sampling(max_new_tokens=20), seed=0)
+    assert all(0 <= u < 64 for u in out[0].units) and len(out[0].units) > 0
+    lm.save(tmp_path / "policy")
+    again = load_codec_lm(tmp_path / "policy")
+    assert len(again.tokenizer) == len(lm.tokenizer) and again.metadata["added_tokens"] == 67
+
+
+def test_generation_is_seeded_and_yields_only_units():
+    tok = build_demo_tokenizer(32, [])
+    lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "speaker_in_prompt": False})
+    prompts = [lm.prompt("open the box.", None), lm.prompt("a longer sentence here.", None)]
+    first = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=5)
+    again = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=5)
+    other = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=6)
+    assert [g.units for g in first] == [g.units for g in again] != [g.units for g in other]
+    assert all(0 <= u < 32 for g in first for u in g.units)
+    assert all(g.finished or len(g.units) == 30 for g in first)
+    greedy = generate_units(lm, prompts, Sampling(do_sample=False, max_new_tokens=30), seed=0)
+    assert greedy[0].units == generate_units(lm, prompts, Sampling(do_sample=False, max_new_tokens=30), seed=9)[0].units
+    assert torch.is_grad_enabled()  # generation leaves autograd as it found it

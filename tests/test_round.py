@@ -1,0 +1,94 @@
+"""A one-round campaign on tiny real models, on SQLite and PostgreSQL, and a round that fails and
+resumes from its last completed stage."""
+
+import pytest
+import torch
+from mlflow.tracking import MlflowClient
+
+from conftest import tiny_config
+from speechalign.flows.bootstrap import bootstrap
+from speechalign.flows.campaign import alignment_campaign
+from speechalign.flows.round import alignment_round
+from speechalign.models.codec_lm import load_codec_lm
+from speechalign.preference_store.schema import Pair, Sample, Score
+from speechalign.preflight import prepare
+from speechalign.report import campaign_report
+from speechalign.tasks.stage import open_store
+
+
+@pytest.fixture
+def bootstrapped(tmp_path, store_url, espeak_corpus):
+    cfg = tiny_config(tmp_path / "work", store_url, espeak_corpus, "prefect.task_retries=0")
+    prepare(cfg)
+    result = bootstrap(str(cfg.workdir))
+    assert result["import"]["imported"] == 24 and result["import"]["heldout"] == 5
+    return cfg
+
+
+def counts(store, round_id):
+    samples = store.samples(round_id)
+    return {kind: sum(s.kind == kind for s in samples) for kind in ("golden", "candidate", "heldout")} | {
+        "scores": store.count(Score), "pairs": store.count(Pair, round_id=round_id)}
+
+
+def test_one_round_campaign(bootstrapped):
+    cfg = bootstrapped
+    [result] = alignment_campaign(str(cfg.workdir), rounds=1)
+    store = open_store(cfg)
+    campaign = store.campaign(cfg.campaign.name)
+    base, first = store.rounds(campaign.id)
+    assert (base.number, first.number, first.status) == (0, 1, "completed")
+    c = counts(store, first.id)
+    assert c["golden"] == 19 and c["candidate"] == 19 * 2 and c["heldout"] == 5 * 2
+    assert c["pairs"] == sum(1 for p in store.pairs(first.id))
+    assert 0 < c["pairs"] <= 19 * 2
+    assert store.count(Score) == 2 * (counts(store, base.id)["heldout"] + 19 + 38 + 10)  # two metrics each
+    assert all(p.criterion == "golden_vs_synthetic" and p.source == "auto" for p in store.pairs(first.id))
+
+    client = MlflowClient(cfg.tracking_uri)
+    [version] = client.search_model_versions(f"name='{cfg.registered_model}'")
+    assert (str(version.version), version.tags["speechalign.round"], version.tags["parent_version"]) == ("1", "1", "base")
+    assert version.tags["speechalign.campaign"] == cfg.campaign.name and version.run_id == first.mlflow_run_id
+    run = client.get_run(first.mlflow_run_id)
+    assert run.data.tags["mlflow.parentRunId"] == campaign.mlflow_parent_run_id
+    assert {"heldout/unit_edit_distance", "dpo/rewards/accuracies", "dpo/logps/chosen"} <= run.data.metrics.keys()
+    assert run.data.params["train.loss_type"] == str(cfg.train.loss_type)
+    assert [a.path for a in client.list_artifacts(first.mlflow_run_id, "adapter")]
+    assert result["version"] == "1" and store.checkpoint(first.id).mlflow_version == "1"
+
+    policy, base_lm = load_codec_lm(first.policy_out), load_codec_lm(campaign.base_model_path)
+    enc = policy.tokenizer([policy.prompt("Bring the red box.", "en-us+m3")], return_tensors="pt",
+                           add_special_tokens=False)
+    with torch.no_grad():
+        assert not torch.allclose(policy.model(**enc).logits, base_lm.model(**enc).logits)
+
+    report = campaign_report(cfg)
+    assert [r["round"] for r in report["rounds"]] == [0, 1]
+    assert report["rounds"][1]["mlflow_version"] == "1" and report["rounds"][1]["pairs"] == c["pairs"]
+    assert report["rounds"][1]["heldout/unit_edit_distance"] == pytest.approx(
+        run.data.metrics["heldout/unit_edit_distance"])
+
+
+def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
+    cfg = bootstrapped
+    with pytest.raises(Exception, match="no_such_layer"):  # PEFT finds no such module: the train stage fails
+        alignment_round(str(cfg.workdir), overrides=["train.target_modules=no_such_layer"])
+    store = open_store(cfg)
+    campaign = store.campaign(cfg.campaign.name)
+    failed = store.rounds(campaign.id)[-1]
+    stages = store.stages(failed.id)
+    assert failed.status == "failed" and "no_such_layer" in failed.error
+    assert {k: v.status for k, v in stages.items()} == {
+        "generate": "completed", "score": "completed", "pairs": "completed", "train": "failed"}
+    before = counts(store, failed.id)
+
+    result = alignment_round(str(cfg.workdir))
+    assert result["round"] == 1  # the same round, finished, not a new one
+    stages = store.stages(failed.id)
+    assert store.round(failed.id).status == "completed"
+    assert (stages["generate"].attempts, stages["pairs"].attempts, stages["train"].attempts) == (1, 1, 2)
+    after = counts(store, failed.id)
+    assert {k: after[k] for k in ("golden", "candidate", "pairs")} == {k: before[k] for k in ("golden", "candidate", "pairs")}
+    assert store.count(Sample, round_id=failed.id, kind="candidate") == 19 * 2
+    client = MlflowClient(cfg.tracking_uri)
+    assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
