@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Make a virtual environment with everything speechalign needs, in the order that works on a CPU
+# machine (see README "Install"): torch 2.13.0 CPU first, the pinned working set, then
+# speechtokenizer without its dependencies (they would bring torchaudio, which breaks transformers).
+set -euo pipefail
+VENV=${1:-.venv}
+EXTRAS=${2:-}
+here=$(cd "$(dirname "$0")/.." && pwd)
+
+need_apt=()
+command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+if [ ${#need_apt[@]} -gt 0 ]; then
+    echo "installing ${need_apt[*]} (Debian packages)"
+    sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq "${need_apt[@]}" >/dev/null
+fi
+
+[ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+pip="$VENV/bin/python -m pip"
+$pip install -q --upgrade pip
+$pip install -q torch==2.13.0
+$pip install -q -c "$here/constraints.txt" -e "$here${EXTRAS:+[$EXTRAS]}"
+$pip install -q --no-deps speechtokenizer==0.1.2
+$pip uninstall -q -y torchaudio 2>/dev/null || true
+"$VENV/bin/python" -c "import torch, transformers, peft, trl, speechtokenizer, prefect, mlflow; print('speechalign environment ready: torch', torch.__version__)"
