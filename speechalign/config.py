@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+import typing
 from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
@@ -72,7 +73,7 @@ class ModelConfig:
     max_positions: int = 512
     seed: int = 0
     # supervised fine-tuning on the train split's golden tokens (0 epochs: take base_model as it is)
-    sft_epochs: float = 12.0
+    sft_epochs: float = 8.0
     sft_learning_rate: float = 2e-3
     sft_batch_size: int = 16
 
@@ -80,11 +81,11 @@ class ModelConfig:
 @dataclass
 class GenerateConfig:
     k: int = 4  # candidates per prompt
-    prompts_per_round: int = 0  # 0: every train prompt; else a seeded subset, new each round
+    prompts_per_round: int = 160  # 0: every train prompt; else a seeded subset, new each round
     temperature: float = 1.0
     top_k: int = 0
     top_p: float = 1.0
-    max_new_tokens: int = 300
+    max_new_tokens: int = 250
     batch_size: int = 64
     seed: int = 1234
 
@@ -102,9 +103,9 @@ class PairsConfig:
 
 @dataclass
 class TrainConfig:
-    learning_rate: float = 5e-5
+    learning_rate: float = 1e-4
     beta: float = 0.1
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid"])
+    loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
     loss_weights: list[float] = field(default_factory=list)  # empty: 1.0 each
     epochs: float = 1.0
     batch_size: int = 16
@@ -122,7 +123,7 @@ class TrainConfig:
 
 @dataclass
 class EvaluateConfig:
-    mode: str = "sampled"  # sampled: fixed seeds, as generation samples; greedy: argmax decoding
+    mode: str = "greedy"  # sampled: fixed seeds, as generation samples; greedy: argmax decoding
     samples_per_prompt: int = 4
     seed: int = 4321
 
@@ -225,11 +226,11 @@ def from_dict(data: dict, base: Config | None = None, source: str = "config") ->
         if not hasattr(config, section) or not isinstance(values, dict):
             raise ConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(_sections())}")
         target = getattr(config, section)
-        known = {f.name: f for f in dataclasses.fields(target)}
+        known = typing.get_type_hints(type(target))
         for key, value in values.items():
             if key not in known:
                 raise ConfigError(f"{source}: unknown key {section}.{key}; [{section}] has {', '.join(known)}")
-            setattr(target, key, _coerce(value, getattr(target, key), f"{source}: {section}.{key}"))
+            setattr(target, key, _coerce(value, known[key], f"{source}: {section}.{key}"))
     return validate(config, source)
 
 
@@ -237,18 +238,34 @@ def _sections() -> list[str]:
     return [f.name for f in dataclasses.fields(Config)]
 
 
-def _coerce(value: Any, current: Any, where: str) -> Any:
-    """Accept `value` where it has the type of the default it replaces (ints are fine for floats)."""
-    if isinstance(current, bool) or isinstance(value, bool):
-        ok = isinstance(current, bool) and isinstance(value, bool)
-    elif isinstance(current, float):
+def _coerce(value: Any, declared: Any, where: str) -> Any:
+    """Accept `value` where it has the knob's declared type (ints are fine for floats; `a,b` for lists)."""
+    if typing.get_origin(declared) is list:
+        item_type = typing.get_args(declared)[0]
+        if isinstance(value, str):  # --set k=a,b
+            value = [v.strip() for v in value.split(",") if v.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(f"{where} = {value!r} is not a list of {item_type.__name__}")
+        if item_type is float:  # from --set k=1,5 the items arrive as strings
+            value = [_number(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
+    if declared is bool or isinstance(value, bool):
+        ok = declared is bool and isinstance(value, bool)
+    elif declared is float:
         ok, value = isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
-    elif isinstance(current, list) and isinstance(value, str):  # --set k=a,b
-        ok, value = True, [v.strip() for v in value.split(",") if v.strip()]
     else:
-        ok = isinstance(value, type(current))
+        ok = isinstance(value, declared)
     if not ok:
-        raise ConfigError(f"{where} = {value!r} is not a {type(current).__name__}")
+        raise ConfigError(f"{where} = {value!r} is not a {declared.__name__}")
+    return value
+
+
+def _number(value: Any, where: str) -> Any:
+    if isinstance(value, str):
+        try:
+            return float(value)
+        except ValueError:
+            raise ConfigError(f"{where} = {value!r} is not a number") from None
     return value
 
 

@@ -18,8 +18,10 @@ def test_the_shipped_config_file_is_every_knob_with_the_demo_defaults():
 
 def test_toml_round_trip_and_overrides(tmp_path):
     cfg = load_config(overrides=["train.learning_rate=1e-4", "generate.k=8", "train.loss_type=sigmoid,sft",
-                                 "model.speaker_in_prompt=false"], workdir=str(tmp_path))
+                                 "model.speaker_in_prompt=false", "train.loss_weights=1,0.5"], workdir=str(tmp_path))
     assert (cfg.train.learning_rate, cfg.generate.k, cfg.train.loss_type) == (1e-4, 8, ["sigmoid", "sft"])
+    assert cfg.train.loss_weights == [1.0, 0.5] and all(type(w) is float for w in cfg.train.loss_weights)
+    assert load_config(overrides=["train.loss_weights=[2, 1]"]).train.loss_weights == [2.0, 1.0]
     assert cfg.model.speaker_in_prompt is False
     assert from_dict(tomllib.loads(cfg.to_toml())) == cfg
 
@@ -36,6 +38,9 @@ def test_workdir_config_is_read_back_and_overridden_per_command(tmp_path):
     ("generat.k=3", "unknown section [generat]"),
     ("generate.kk=3", "unknown key generate.kk"),
     ("generate", "expected section.key=value"),
+    ("train.loss_weights=1,x", "train.loss_weights[1] = 'x' is not a number"),
+    ("score.metrics=[1, 2]", "score.metrics[0] = 1 is not a str"),
+    ("train.loss_type=3", "train.loss_type = 3 is not a list of str"),
 ])
 def test_bad_knobs_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]")):
