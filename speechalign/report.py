@@ -13,6 +13,7 @@ COLUMNS = [  # (header, key, format)
     ("dpo margin", "dpo/rewards/margins", "{:.3f}"),
     ("logp chosen", "dpo/logps/chosen", "{:.1f}"),
     ("held-out UED", "heldout/unit_edit_distance", "{:.4f}"),
+    ("golden NLL", "heldout/golden_nll", "{:.3f}"),
     ("len ratio", "heldout/length_ratio", "{:.3f}"),
     ("finished", "heldout/finished_rate", "{:.2f}"),
     ("version", "mlflow_version", "{}"),

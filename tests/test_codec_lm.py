@@ -76,3 +76,22 @@ def test_generation_is_seeded_and_yields_only_units():
     greedy = generate_units(lm, prompts, Sampling(do_sample=False, max_new_tokens=30), seed=0)
     assert greedy[0].units == generate_units(lm, prompts, Sampling(do_sample=False, max_new_tokens=30), seed=9)[0].units
     assert torch.is_grad_enabled()  # generation leaves autograd as it found it
+
+
+def test_golden_nll_is_the_token_weighted_mean_of_each_items_loss():
+    from speechalign.models.likelihood import golden_nll
+
+    tok = build_demo_tokenizer(32, [])
+    lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "speaker_in_prompt": False})
+    items = [(lm.prompt("open the box.", None), [3, 4, 5, 6, 7, 8, 9]), (lm.prompt("hi.", None), [1, 2])]
+    per_item = []
+    for prompt, units in items:  # the model's own loss over the completion tokens, one unpadded item at a time
+        p = tok(prompt, add_special_tokens=False)["input_ids"]
+        c = tok(completion_text(units), add_special_tokens=False)["input_ids"]
+        with torch.no_grad():
+            loss = lm.model(input_ids=torch.tensor([p + c]), labels=torch.tensor([[-100] * len(p) + c])).loss
+        per_item.append((float(loss), len(c)))
+    expected = sum(loss * n for loss, n in per_item) / sum(n for _, n in per_item)
+    assert golden_nll(lm, items, batch_size=2) == pytest.approx(expected, rel=1e-5)  # padded batch
+    assert golden_nll(lm, items, batch_size=1) == pytest.approx(expected, rel=1e-5)
+    assert expected > 0 and per_item[0][0] != pytest.approx(per_item[1][0])
