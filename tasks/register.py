@@ -43,6 +43,7 @@ def log_baseline(cfg: Config, round_id: int) -> dict:
     if not c.get_metric_history(parent, next(iter(heldout))):
         now = int(time.time() * 1000)
         c.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in heldout.items()])
+    c.set_terminated(parent)  # the campaign is at rest between rounds; later rounds log to it again
     return {"run_id": parent, **heldout}
 
 
@@ -74,6 +75,7 @@ def register_round(cfg: Config, round_id: int) -> dict:
                           "mlflow_version": str(version), "metrics": heldout,
                           "promoted": False, "parent_version": parent_ckpt.mlflow_version if parent_ckpt else None})
     c.set_terminated(run_id)
+    c.set_terminated(parent)
     return {"run_id": run_id, "model": cfg.registered_model, "version": str(version)}
 
 

@@ -51,7 +51,12 @@ def test_one_round_campaign(bootstrapped):
     assert version.tags["speechalign.campaign"] == cfg.campaign.name and version.run_id == first.mlflow_run_id
     run = client.get_run(first.mlflow_run_id)
     assert run.data.tags["mlflow.parentRunId"] == campaign.mlflow_parent_run_id
-    assert {"heldout/unit_edit_distance", "dpo/rewards/accuracies", "dpo/logps/chosen"} <= run.data.metrics.keys()
+    assert run.info.status == "FINISHED"
+    parent = client.get_run(campaign.mlflow_parent_run_id)
+    assert parent.info.status == "FINISHED"  # at rest between rounds, not left RUNNING
+    assert [m.step for m in client.get_metric_history(parent.info.run_id, "heldout/unit_edit_distance")] == [0, 1]
+    assert {"heldout/unit_edit_distance", "heldout/golden_nll", "dpo/rewards/accuracies", "dpo/logps/chosen"} <= run.data.metrics.keys()
+    assert 0 < run.data.metrics["heldout/golden_nll"] < 20
     assert run.data.params["train.loss_type"] == str(cfg.train.loss_type)
     assert [a.path for a in client.list_artifacts(first.mlflow_run_id, "adapter")]
     assert result["version"] == "1" and store.checkpoint(first.id).mlflow_version == "1"
