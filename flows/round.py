@@ -14,6 +14,7 @@ from prefect.cache_policies import NO_CACHE
 
 from speechalign.config import Config
 from speechalign.flows.common import ensure_campaign, load_flow_config
+from speechalign.preference_store.round_lock import CampaignRoundLock
 from speechalign.tasks.evaluate import evaluate_policy
 from speechalign.tasks.generate import generate_candidates
 from speechalign.tasks.pairs import build_pairs
@@ -48,10 +49,22 @@ def baseline(workdir: str, config_file: str | None = None, overrides: list[str] 
 
 @flow(name="alignment-round")
 def alignment_round(workdir: str, config_file: str | None = None, overrides: list[str] | None = None) -> dict:
-    """Run the campaign's next round, or finish the last one if it did not complete."""
+    """Run the campaign's next round, or finish the last one if it did not complete.
+
+    The campaign's round lock is held throughout: a second trigger while a round runs is refused
+    (`RoundBusy`) instead of running a second round beside it.
+    """
     cfg = load_flow_config(workdir, config_file, overrides)
     store = open_store(cfg)
     campaign = ensure_campaign(cfg)
+    with CampaignRoundLock(store, campaign.id, campaign.name, cfg.campaign.lock_stale_seconds) as lock:
+        if lock.took_over:
+            log.warning("took over the round lock of campaign %s: %s", campaign.name, lock.took_over)
+        return _run_round(cfg, store, campaign, workdir, config_file, overrides)
+
+
+def _run_round(cfg: Config, store, campaign, workdir: str, config_file: str | None,
+               overrides: list[str] | None) -> dict:
     if not any(r.number == 0 and r.status == "completed" for r in store.rounds(campaign.id)):
         baseline(workdir, config_file, overrides)
     rounds = store.rounds(campaign.id)

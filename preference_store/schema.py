@@ -151,3 +151,20 @@ class Checkpoint(Base):
     metrics: Mapped[dict | None]
     promoted: Mapped[bool] = mapped_column(Boolean, default=False)
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class RoundLock(Base):
+    """Who is running a round of a campaign now: at most one holder per campaign.
+
+    The holder names its host and process, and refreshes `heartbeat_at` while it works. A lock whose
+    process is gone (same host) or whose heartbeat is stale (any host) may be taken over, so a
+    killed run never blocks the campaign.
+    """
+
+    __tablename__ = "round_locks"
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(64), comment="random token of the holding run")
+    host: Mapped[str] = mapped_column(String(255))
+    pid: Mapped[int] = mapped_column(Integer)
+    acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
+    heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -89,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from speechalign.config import ConfigError
     from speechalign.flows.common import SetupError
+    from speechalign.preference_store.round_lock import RoundBusy
     from speechalign.preflight import PreflightError
 
     try:
@@ -96,6 +97,9 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, PreflightError, SetupError, FileNotFoundError) as exc:
         print(f"speechalign: error: {exc}", file=sys.stderr)
         return 2
+    except RoundBusy as exc:
+        print(f"speechalign: busy: {exc}", file=sys.stderr)
+        return 3
 
 
 def cmd_demo(args) -> int:

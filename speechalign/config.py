@@ -132,6 +132,7 @@ class EvaluateConfig:
 class CampaignConfig:
     name: str = "demo"
     rounds: int = 3
+    lock_stale_seconds: float = 300.0  # a round lock without heartbeat this long is taken over (holder died)
 
 
 @dataclass

@@ -97,3 +97,19 @@ def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
     assert store.count(Sample, round_id=failed.id, kind="candidate") == 19 * 2
     client = MlflowClient(cfg.tracking_uri)
     assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
+
+
+def test_a_second_trigger_while_a_round_runs_is_refused(bootstrapped, capsys):
+    from speechalign.cli import main
+    from speechalign.flows.common import ensure_campaign
+    from speechalign.preference_store.round_lock import CampaignRoundLock, RoundBusy
+
+    cfg = bootstrapped
+    store = open_store(cfg)
+    campaign = ensure_campaign(cfg)
+    with CampaignRoundLock(store, campaign.id, campaign.name):  # a round of this campaign is running
+        with pytest.raises(RoundBusy, match="a round is already running"):
+            alignment_round(str(cfg.workdir))
+        assert main(["round", "--workdir", str(cfg.workdir)]) == 3  # the CLI says so and exits 3
+        assert "speechalign: busy: campaign" in capsys.readouterr().err
+    assert store.rounds(campaign.id) == []  # the refused trigger started nothing
