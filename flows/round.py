@@ -9,12 +9,16 @@ each completed stage, so running the round again after a failure continues where
 
 from __future__ import annotations
 
+import re
+
 from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from speechalign.config import Config
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.round_lock import CampaignRoundLock
+from speechalign.report import campaign_report, format_markdown
 from speechalign.tasks.evaluate import evaluate_policy
 from speechalign.tasks.generate import generate_candidates
 from speechalign.tasks.pairs import build_pairs
@@ -32,6 +36,13 @@ def stage(cfg: Config, round_id: int, name: str, work, *args) -> dict:
 def stage_task(cfg: Config, name: str):
     return stage.with_options(name=name, task_run_name=name, retries=cfg.prefect.task_retries,
                               retry_delay_seconds=cfg.prefect.retry_delay_seconds)
+
+
+def publish_round(cfg: Config, number: int) -> None:
+    """The round's status, stage timings and every round's figures as a markdown artifact in Prefect."""
+    key = re.sub(r"[^a-z0-9-]+", "-", f"{cfg.campaign.name}-round-{number}".lower())
+    create_markdown_artifact(markdown=format_markdown(campaign_report(cfg), number), key=key,
+                             description=f"speechalign campaign {cfg.campaign.name}, round {number}")
 
 
 @flow(name="baseline")
@@ -83,7 +94,9 @@ def _run_round(cfg: Config, store, campaign, workdir: str, config_file: str | No
         registered = stage_task(cfg, "register")(cfg, rnd.id, "register", register_round)
     except BaseException as exc:
         store.finish_round(rnd.id, "failed", error=f"{exc.__class__.__name__}: {exc}")
+        publish_round(cfg, rnd.number)
         raise
     store.finish_round(rnd.id, "completed", policy_out=trained["policy"])
+    publish_round(cfg, rnd.number)
     return {"round": rnd.number, **{k: v for k, v in evaluated.items() if k.startswith("heldout/")},
             "version": registered["version"]}

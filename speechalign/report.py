@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from speechalign.config import Config
+from speechalign.preference_store.store import redact
 from speechalign.tasks.stage import open_store
 
 COLUMNS = [  # (header, key, format)
@@ -45,7 +46,7 @@ def campaign_report(cfg: Config) -> dict:
         row.update({f"dpo/{k}": v for k, v in results.get("train", {}).get("final", {}).items()})
         row.update({k: v for k, v in results.get("evaluate", {}).items() if k.startswith("heldout/")})
         rows.append(row)
-    return {"campaign": campaign.name, "store": store.url, "registered_model": cfg.registered_model,
+    return {"campaign": campaign.name, "store": redact(store.url), "registered_model": cfg.registered_model,
             "rounds": rows}
 
 
@@ -62,3 +63,22 @@ def format_table(report: dict) -> str:
     notes = [f"round {r['round']} failed: {r['error']} (run `speechalign round` to resume it)" for r in failed]
     title = f"campaign {report['campaign']}  (round 0 = base model; UED = held-out unit edit distance to golden)"
     return "\n".join([title, *lines, *notes])
+
+
+def format_markdown(report: dict, number: int) -> str:
+    """Round `number` for a Prefect markdown artifact: its status and stages, then every round's figures."""
+    row = next(r for r in report["rounds"] if r["round"] == number)
+    lines = [f"# Campaign `{report['campaign']}`, round {number}: {row['status']}", ""]
+    if row["error"]:
+        lines += [f"**Failed:** `{row['error']}`; `speechalign round` resumes it from its last completed stage.", ""]
+    lines += ["| stage | status | seconds | attempts |", "|---|---|---:|---:|"]
+    lines += [f"| {name} | {st['status']} | {st['seconds'] or 0:.1f} | {st['attempts']} |"
+              for name, st in row["stages"].items()]
+    lines += ["", "## All rounds (round 0 = base model)", "",
+              "| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
+    for r in report["rounds"]:
+        lines.append("| " + " | ".join(fmt.format(r[key]) if r.get(key) is not None else "-"
+                                       for _, key, fmt in COLUMNS) + " |")
+    lines += ["", f"Registered model `{report['registered_model']}`" +
+              (f", version {row['mlflow_version']} (parent {row['parent_version']})." if row["mlflow_version"] else ".")]
+    return "\n".join(lines)

@@ -25,6 +25,16 @@ def bootstrapped(tmp_path, store_url, espeak_corpus):
     return cfg
 
 
+def prefect_artifact(key: str) -> str:
+    """The latest markdown of a Prefect artifact, read back from the (test) Prefect server."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
+    return sorted(found, key=lambda a: a.created)[-1].data
+
+
 def counts(store, round_id):
     samples = store.samples(round_id)
     return {kind: sum(s.kind == kind for s in samples) for kind in ("golden", "candidate", "heldout")} | {
@@ -67,6 +77,9 @@ def test_one_round_campaign(bootstrapped):
     with torch.no_grad():
         assert not torch.allclose(policy.model(**enc).logits, base_lm.model(**enc).logits)
 
+    markdown = prefect_artifact(f"{cfg.campaign.name}-round-1")
+    assert "round 1: completed" in markdown and "| train | completed |" in markdown and "| 1 | completed |" in markdown
+
     report = campaign_report(cfg)
     assert [r["round"] for r in report["rounds"]] == [0, 1]
     assert report["rounds"][1]["mlflow_version"] == "1" and report["rounds"][1]["pairs"] == c["pairs"]
@@ -86,6 +99,8 @@ def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
     assert {k: v.status for k, v in stages.items()} == {
         "generate": "completed", "score": "completed", "pairs": "completed", "train": "failed"}
     before = counts(store, failed.id)
+    markdown = prefect_artifact(f"{cfg.campaign.name}-round-1")
+    assert "round 1: failed" in markdown and "no_such_layer" in markdown and "| train | failed |" in markdown
 
     result = alignment_round(str(cfg.workdir))
     assert result["round"] == 1  # the same round, finished, not a new one
