@@ -54,6 +54,9 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("campaign", help="run N more rounds")
     _common(p)
     p.add_argument("--rounds", type=int, required=True)
+    p = sub.add_parser("serve", help="serve the round flow as a Prefect deployment, on a cron schedule")
+    _common(p)
+    p.add_argument("--cron", help='schedule, e.g. "0 3 * * *" (none: runs only when triggered by hand)')
     p = sub.add_parser("report", help="per round: pairs, DPO metrics, held-out metrics, model version")
     _common(p)
     p.add_argument("--json", action="store_true", help="print JSON for machines")
@@ -160,6 +163,29 @@ def cmd_round(args) -> int:
     return 0
 
 
+def cmd_serve(args) -> int:
+    if not args.config:
+        _require_workdir(args)
+    cfg = _config(args)
+    _prepare(cfg)
+    from prefect.settings import PREFECT_API_URL
+
+    from speechalign.flows.common import ensure_campaign
+    from speechalign.flows.serve import deployment_name, serve_rounds
+
+    ensure_campaign(cfg)
+    if not PREFECT_API_URL.value():
+        print("speechalign: error: serving needs a Prefect server that triggers can reach: start one with "
+              "`prefect server start` and set PREFECT_API_URL=http://127.0.0.1:4200/api", file=sys.stderr)
+        return 2
+    print(f"serving alignment-round/{deployment_name(cfg)}"
+          + (f" on cron {args.cron!r}" if args.cron else "")
+          + f"; trigger one round with: prefect deployment run 'alignment-round/{deployment_name(cfg)}'",
+          flush=True)
+    serve_rounds(cfg, args.cron, args.config, args.overrides)
+    return 0
+
+
 def cmd_campaign(args) -> int:
     _require_workdir(args)
     cfg = _config(args)
@@ -250,6 +276,7 @@ def _print_report(cfg, as_json: bool) -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
+            "serve": cmd_serve,
             "report": cmd_report, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec}
 
 if __name__ == "__main__":

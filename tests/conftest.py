@@ -100,3 +100,16 @@ def tiny_config(workdir: Path, store_url: str, manifest: Path, *extra: str):
                       workdir=str(workdir))
     save_config(cfg)
     return cfg
+
+
+@pytest.fixture
+def bootstrapped(tmp_path, store_url, espeak_corpus):
+    """A work directory after `speechalign bootstrap` with the tiny model, on the given store."""
+    from speechalign.flows.bootstrap import bootstrap
+    from speechalign.preflight import prepare
+
+    cfg = tiny_config(tmp_path / "work", store_url, espeak_corpus, "prefect.task_retries=0")
+    prepare(cfg)
+    result = bootstrap(str(cfg.workdir))
+    assert result["import"]["imported"] == 24 and result["import"]["heldout"] == 5
+    return cfg

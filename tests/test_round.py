@@ -5,24 +5,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from conftest import tiny_config
-from speechalign.flows.bootstrap import bootstrap
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.round import alignment_round
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.preference_store.schema import Pair, Sample, Score
-from speechalign.preflight import prepare
 from speechalign.report import campaign_report
 from speechalign.tasks.stage import open_store
-
-
-@pytest.fixture
-def bootstrapped(tmp_path, store_url, espeak_corpus):
-    cfg = tiny_config(tmp_path / "work", store_url, espeak_corpus, "prefect.task_retries=0")
-    prepare(cfg)
-    result = bootstrap(str(cfg.workdir))
-    assert result["import"]["imported"] == 24 and result["import"]["heldout"] == 5
-    return cfg
 
 
 def prefect_artifact(key: str) -> str:
