@@ -13,7 +13,7 @@ from speechalign.config import Config
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
-from speechalign.tasks.stage import derive_seed, log, open_store
+from speechalign.tasks.stage import derive_seed, fault_point, log, open_store
 
 
 def round_prompts(cfg: Config, number: int) -> list[Prompt]:
@@ -58,5 +58,6 @@ def generate_candidates(cfg: Config, round_id: int) -> dict:
         ])
         unfinished += sum(not o.finished for o in outputs)
         log.info("generate: batch %d/%d (%d sequences)", number, len(batches), len(batch))
+        fault_point("generate", "mid")  # some batches written, others not
     return {"prompts": len(prompts), "candidates": len(done) + len(todo), "generated": len(todo),
             "hit_length_limit": unfinished}

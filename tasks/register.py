@@ -17,7 +17,7 @@ from mlflow.entities import Metric, Param
 from speechalign.config import Config
 from speechalign.models.pyfunc import CodecLMModel
 from speechalign.preference_store.schema import Round
-from speechalign.tasks.stage import open_store
+from speechalign.tasks.stage import fault_point, open_store
 from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
 LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate")
@@ -95,6 +95,7 @@ def registered_version(cfg: Config, c, exp_id: str, run_id: str, rnd: Round, pol
                                                 artifacts={"policy": policy_dir},
                                                 pip_requirements=PIP_REQUIREMENTS).model_uri
     parent_version = previous_version(c, name, rnd)
+    fault_point("register", "mid")  # the model is logged to the run, not yet registered
     version = mlflow.register_model(model_uri, name, tags={
         CAMPAIGN_TAG: cfg.campaign.name, ROUND_TAG: str(rnd.number), "parent_version": parent_version})
     return version.version

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
+import signal
 import time
 import traceback
 from collections.abc import Callable
@@ -38,6 +40,20 @@ def derive_seed(*parts: object) -> int:
     return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
 
 
+FAULT_ENV = "SPEECHALIGN_FAULT"
+
+
+def fault_point(stage: str, point: str) -> None:
+    """Kill this process here when SPEECHALIGN_FAULT=<stage>:<point> (start | mid | end).
+
+    How the resume tests (and a sceptical user) kill a round at each stage with SIGKILL, the way
+    an OOM killer or a lost machine would: no exception handler, no cleanup, nothing recorded.
+    """
+    if os.environ.get(FAULT_ENV) == f"{stage}:{point}":
+        log.warning("%s=%s: killing this process (SIGKILL)", FAULT_ENV, os.environ[FAULT_ENV])
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 def run_stage(cfg: Config, round_id: int, stage: str, work: Callable[..., dict], *args) -> dict:
     """Run `work(cfg, round_id, *args)` once per round: skip it if the store says it completed,
     record its timing, result and failure."""
@@ -47,12 +63,14 @@ def run_stage(cfg: Config, round_id: int, stage: str, work: Callable[..., dict],
         log.info("round %s: %s already completed, skipping", round_id, stage)
         return done.result or {}
     store.stage_started(round_id, stage)
+    fault_point(stage, "start")
     started = time.monotonic()
     try:
         result = work(cfg, round_id, *args)
     except BaseException as exc:
         store.stage_failed(round_id, stage, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=5)}")
         raise
+    fault_point(stage, "end")  # the work is done and written, but not yet recorded as completed
     store.stage_completed(round_id, stage, result, time.monotonic() - started)
     return result
 

@@ -1,0 +1,73 @@
+"""SIGKILL a round at each stage (SPEECHALIGN_FAULT), run it again, and check exactly-once: the
+round completes, nothing written before the kill is lost or written twice, completed stages do not
+run again, and MLflow has one run and one model version for the round."""
+
+import os
+import signal
+import subprocess
+import sys
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from speechalign.flows.round import alignment_round, baseline
+from speechalign.preference_store.schema import Score
+from speechalign.tasks.stage import FAULT_ENV, open_store
+
+CLI = "from speechalign.cli import main; raise SystemExit(main())"
+STAGES = ["generate", "score", "pairs", "train", "evaluate", "register"]
+FAULTS = ["generate:mid", "generate:end", "score:end", "pairs:end", "train:mid", "train:end", "evaluate:end",
+          "register:mid", "register:end"]
+
+
+def kill_round_at(cfg, fault: str) -> None:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {**os.environ, FAULT_ENV: fault, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    done = subprocess.run([sys.executable, "-c", CLI, "round", "--workdir", str(cfg.workdir)], env=env,
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == -signal.SIGKILL, done.stdout[-3000:] + done.stderr[-3000:]
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+@pytest.mark.parametrize("fault", FAULTS)
+def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
+    cfg = bootstrapped
+    stage, point = fault.split(":")
+    baseline(str(cfg.workdir))  # round 0 first, so the kill hits round 1 (round 0 has evaluate and register too)
+    kill_round_at(cfg, fault)
+
+    store = open_store(cfg)
+    campaign = store.campaign(cfg.campaign.name)
+    killed = store.rounds(campaign.id)[-1]
+    assert (killed.number, killed.status) == (1, "running")  # nobody got to record anything
+    before = store.stages(killed.id)
+    assert before[stage].status == "running"
+    assert all(before[s].status == "completed" for s in STAGES[:STAGES.index(stage)])
+    written = {(s.prompt_id, s.kind, s.k): (s.id, s.tokens) for s in store.samples(killed.id)}
+    if fault == "generate:mid":
+        assert 0 < sum(k[1] == "candidate" for k in written) < 19 * 2  # some batches were written
+
+    result = alignment_round(str(cfg.workdir))  # the next trigger: takes over the dead run's lock
+    assert result["round"] == 1 and result["version"] == "1"
+    rnd = store.round(killed.id)
+    assert rnd.status == "completed" and store.rounds(campaign.id)[-1].number == 1
+    stages = store.stages(killed.id)
+    assert {s: st.status for s, st in stages.items()} == dict.fromkeys(STAGES, "completed")
+    assert {s: stages[s].attempts for s in STAGES} == {s: 2 if s == stage else 1 for s in STAGES}
+
+    samples = store.samples(killed.id)
+    kinds = [s.kind for s in samples]
+    assert (kinds.count("golden"), kinds.count("candidate"), kinds.count("heldout")) == (19, 38, 10)
+    after = {(s.prompt_id, s.kind, s.k): (s.id, s.tokens) for s in samples}
+    assert all(after[key] == value for key, value in written.items())  # nothing written before was lost
+    round0 = store.samples(store.rounds(campaign.id)[0].id)
+    assert store.count(Score) == 2 * (len(round0) + len(samples))  # two metrics per sample, round 0's too
+    pairs = store.pairs(killed.id)
+    assert len(pairs) == len({(p.chosen_sample_id, p.rejected_sample_id) for p in pairs}) > 0
+
+    client = MlflowClient(cfg.tracking_uri)
+    versions = client.search_model_versions(f"name='{cfg.registered_model}'")
+    assert [str(v.version) for v in versions] == ["1"] and versions[0].run_id == rnd.mlflow_run_id
+    runs = client.search_runs([campaign.mlflow_experiment_id], filter_string="tags.`speechalign.round` = '1'")
+    assert len(runs) == 1
