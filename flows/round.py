@@ -18,6 +18,7 @@ from prefect.cache_policies import NO_CACHE
 from speechalign.config import Config
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.round_lock import CampaignRoundLock
+from speechalign.preflight import prepare
 from speechalign.report import campaign_report, format_markdown
 from speechalign.tasks.evaluate import evaluate_policy
 from speechalign.tasks.generate import generate_candidates
@@ -66,6 +67,7 @@ def alignment_round(workdir: str, config_file: str | None = None, overrides: lis
     (`RoundBusy`) instead of running a second round beside it.
     """
     cfg = load_flow_config(workdir, config_file, overrides)
+    prepare(cfg)  # a deployment's run comes here without the CLI: reach the store and MLflow, migrate
     store = open_store(cfg)
     campaign = ensure_campaign(cfg)
     with CampaignRoundLock(store, campaign.id, campaign.name, cfg.campaign.lock_stale_seconds) as lock:
