@@ -13,6 +13,7 @@ from speechalign.config import Config
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
+from speechalign.tasks.progress import StageProgress
 from speechalign.tasks.stage import derive_seed, fault_point, log, open_store
 
 
@@ -46,6 +47,7 @@ def generate_candidates(cfg: Config, round_id: int) -> dict:
     g = cfg.generate
     sampling = Sampling(True, g.temperature, g.top_k, g.top_p, g.max_new_tokens)
     batches = [todo[i:i + g.batch_size] for i in range(0, len(todo), g.batch_size)]
+    progress = StageProgress("generate", f"generate: {len(todo)} candidate sequences of round {rnd.number}")
     unfinished = 0
     for number, batch in enumerate(batches, start=1):
         # the seed names the batch's first item, so a resumed stage reproduces the same batches
@@ -58,6 +60,7 @@ def generate_candidates(cfg: Config, round_id: int) -> dict:
         ])
         unfinished += sum(not o.finished for o in outputs)
         log.info("generate: batch %d/%d (%d sequences)", number, len(batches), len(batch))
+        progress.update(number, len(batches))
         fault_point("generate", "mid")  # some batches written, others not
     return {"prompts": len(prompts), "candidates": len(done) + len(todo), "generated": len(todo),
             "hit_length_limit": unfinished}

@@ -23,6 +23,16 @@ def prefect_artifact(key: str) -> str:
     return sorted(found, key=lambda a: a.created)[-1].data
 
 
+def progress_artifacts() -> dict[str, float]:
+    """The progress artifacts on the (test) Prefect server: description -> percent done."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+
+    with get_client(sync_client=True) as client:
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+    return {a.description: a.data for a in sorted(found, key=lambda a: a.created)}
+
+
 def counts(store, round_id):
     samples = store.samples(round_id)
     return {kind: sum(s.kind == kind for s in samples) for kind in ("golden", "candidate", "heldout")} | {
@@ -65,6 +75,9 @@ def test_one_round_campaign(bootstrapped):
     with torch.no_grad():
         assert not torch.allclose(policy.model(**enc).logits, base_lm.model(**enc).logits)
 
+    progress = progress_artifacts()
+    assert progress.get("generate: 38 candidate sequences of round 1") == 100.0
+    assert progress.get("train: optimizer steps done") == 100.0
     markdown = prefect_artifact(f"{cfg.campaign.name}-round-1")
     assert "round 1: completed" in markdown and "| train | completed |" in markdown and "| 1 | completed |" in markdown
 
