@@ -39,12 +39,11 @@ def _aware(t: datetime) -> datetime:
     return t if t.tzinfo else t.replace(tzinfo=utcnow().tzinfo)  # SQLite returns naive datetimes
 
 
-def why_gone(lock: RoundLock, stale_after_s: float, now: datetime | None = None) -> str | None:
+def why_gone(lock: RoundLock, stale_after_s: float) -> str | None:
     """Why the holder no longer holds the lock in fact, or None while it does."""
-    now = now or utcnow()
     if lock.host == socket.gethostname() and not process_alive(lock.pid):
         return f"its process {lock.pid} on {lock.host} is gone"
-    silent = (now - _aware(lock.heartbeat_at)).total_seconds()
+    silent = (utcnow() - _aware(lock.heartbeat_at)).total_seconds()
     if silent > stale_after_s:
         return f"no heartbeat from pid {lock.pid} on {lock.host} for {silent:.0f} s (limit {stale_after_s:.0f} s)"
     return None

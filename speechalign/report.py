@@ -50,12 +50,16 @@ def campaign_report(cfg: Config) -> dict:
             "rounds": rows}
 
 
+def row_cells(row: dict) -> list[str]:
+    """One round's figures as the report's columns show them ("-" where a round has no value)."""
+    return [fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS]
+
+
 def format_table(report: dict) -> str:
     if not report["rounds"]:
         return f"campaign {report['campaign']}: no rounds yet"
     cells = [[h for h, _, _ in COLUMNS]]
-    for row in report["rounds"]:
-        cells.append([fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS])
+    cells += [row_cells(row) for row in report["rounds"]]
     widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
     lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
     lines.insert(1, "  ".join("-" * w for w in widths))
@@ -76,9 +80,7 @@ def format_markdown(report: dict, number: int) -> str:
               for name, st in row["stages"].items()]
     lines += ["", "## All rounds (round 0 = base model)", "",
               "| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
-    for r in report["rounds"]:
-        lines.append("| " + " | ".join(fmt.format(r[key]) if r.get(key) is not None else "-"
-                                       for _, key, fmt in COLUMNS) + " |")
+    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in report["rounds"]]
     lines += ["", f"Registered model `{report['registered_model']}`" +
               (f", version {row['mlflow_version']} (parent {row['parent_version']})." if row["mlflow_version"] else ".")]
     return "\n".join(lines)

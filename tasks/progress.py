@@ -40,17 +40,20 @@ class ProgressLog(TrainerCallback):
         self.what, self.keys, self.every = what, keys, every
         self.progress: StageProgress | None = None
 
+    def _due(self, state) -> bool:
+        return state.global_step % self.every == 0 or state.global_step == state.max_steps
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.progress = StageProgress(self.what, f"{self.what}: optimizer steps done")
 
     def on_step_end(self, args, state, control, **kwargs):
         if state.global_step == 1:
             fault_point(self.what, "mid")  # the resume tests kill training here
-        if self.progress and (state.global_step % self.every == 0 or state.global_step == state.max_steps):
+        if self.progress and self._due(state):
             self.progress.update(state.global_step, state.max_steps)
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         step = state.global_step
-        if logs and self.keys[0] in logs and (step % self.every == 0 or step == state.max_steps):
+        if logs and self.keys[0] in logs and self._due(state):
             figures = " ".join(f"{k} {logs[k]:.4g}" for k in self.keys if k in logs)
             log.info("%s: step %d/%d %s", self.what, step, state.max_steps, figures)
