@@ -1,6 +1,7 @@
 """Bootstrap: everything a campaign starts from.
 
     demo corpus (unless a manifest is given) -> codec -> golden tokens -> train/held-out split
+    -> acoustic stage (layer-1 units -> all RVQ layers, for decoding to audio)
     -> base model (SFT on the train split's golden tokens)
 
 Each step is skipped when its output already exists, so bootstrap can be run again safely
@@ -19,6 +20,7 @@ from speechalign.config import Config, save_config
 from speechalign.flows.common import base_model_dir, load_flow_config
 from speechalign.models.codec import load_codec
 from speechalign.models.codec_lm import is_saved_policy
+from speechalign.tasks.acoustic_stage import train_acoustic_stage
 from speechalign.tasks.base_model import initial_model, supervised_finetune
 from speechalign.tasks.demo_corpus import build_demo_corpus
 from speechalign.tasks.import_corpus import import_corpus
@@ -37,6 +39,11 @@ def import_manifest(cfg: Config, manifest: str) -> dict:
     c = cfg.corpus
     return import_corpus(open_store(cfg), codec, Path(manifest), c.min_seconds, c.max_seconds, c.heldout_fraction,
                          c.split_seed, cfg.workdir / "corpus" / "repaired", cfg.codec.encode_batch_size)
+
+
+@task(cache_policy=NO_CACHE)
+def acoustic_stage(cfg: Config) -> dict:
+    return train_acoustic_stage(cfg)
 
 
 @task(cache_policy=NO_CACHE)
@@ -66,5 +73,7 @@ def bootstrap(workdir: str, config_file: str | None = None, overrides: list[str]
     if not store.prompts("train") or not store.prompts("heldout"):
         raise RuntimeError(f"{manifest}: too few usable utterances for a train and a held-out split "
                            f"(train {len(store.prompts('train'))}, held-out {len(store.prompts('heldout'))})")
+    acoustic = acoustic_stage(cfg)
     metadata = base_model(cfg)
-    return {"manifest": manifest, "import": imported, "base_model": str(base_model_dir(cfg)), "metadata": metadata}
+    return {"manifest": manifest, "import": imported, "acoustic": acoustic, "base_model": str(base_model_dir(cfg)),
+            "metadata": metadata}

@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 from speechalign.config import Config, load_config
+from speechalign.models.acoustic import is_saved_acoustic
 from speechalign.models.codec_lm import is_saved_policy
 from speechalign.preference_store.schema import Campaign
+from speechalign.tasks.decode import acoustic_dir
 from speechalign.tasks.stage import open_store
 
 BASE_MODEL_DIR = "models/base"
@@ -25,6 +27,10 @@ def base_model_dir(cfg: Config) -> Path:
 
 
 def ensure_campaign(cfg: Config) -> Campaign:
+    if cfg.codec.acoustic == "model" and not is_saved_acoustic(acoustic_dir(cfg)):
+        raise SetupError(f"no acoustic stage in {acoustic_dir(cfg)} (rounds decode samples with it); run "
+                         f"`speechalign bootstrap --workdir {cfg.workdir}` again, which trains only what is missing, "
+                         "or --set codec.acoustic=layer1_only")
     store = open_store(cfg)
     campaign = store.campaign(cfg.campaign.name)
     if campaign is not None:

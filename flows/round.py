@@ -1,6 +1,6 @@
 """One alignment round, top to bottom.
 
-    generate -> score -> pairs -> train -> evaluate -> register
+    generate -> decode -> score -> pairs -> train -> evaluate -> register
 
 Each stage is a Prefect task with retries over IDs and paths (never tensors): it reads its inputs
 from the preference store and the work directory and writes its outputs there. The store records
@@ -20,6 +20,7 @@ from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.round_lock import CampaignRoundLock
 from speechalign.preflight import prepare
 from speechalign.report import campaign_report, format_markdown
+from speechalign.tasks.decode import decode_samples
 from speechalign.tasks.evaluate import evaluate_policy
 from speechalign.tasks.generate import generate_candidates
 from speechalign.tasks.pairs import build_pairs
@@ -89,6 +90,7 @@ def _run_round(cfg: Config, store, campaign, workdir: str, config_file: str | No
         log.info("resuming round %d from its last completed stage", rnd.number)
     try:
         stage_task(cfg, "generate")(cfg, rnd.id, "generate", generate_candidates)
+        stage_task(cfg, "decode")(cfg, rnd.id, "decode", decode_samples)
         stage_task(cfg, "score")(cfg, rnd.id, "score", score_samples, ("golden", "candidate"))
         stage_task(cfg, "pairs")(cfg, rnd.id, "pairs", build_pairs)
         trained = stage_task(cfg, "train")(cfg, rnd.id, "train", train_policy)

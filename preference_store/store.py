@@ -220,6 +220,12 @@ class PreferenceStore:
                 q = q.where(Sample.kind == kind)
             return list(s.scalars(q))
 
+    def set_audio_paths(self, paths: dict[int, str]) -> None:
+        """Record where each sample's decoded WAV is (sample id -> path)."""
+        with self.session() as s:
+            for sample_id, path in paths.items():
+                s.execute(update(Sample).where(Sample.id == sample_id).values(audio_path=path))
+
     def existing_sample_keys(self, round_id: int, kind: str) -> set[tuple[int, int]]:
         with self.session() as s:
             rows = s.execute(select(Sample.prompt_id, Sample.k).where(Sample.round_id == round_id, Sample.kind == kind))

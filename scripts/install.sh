@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Make a virtual environment with everything speechalign needs, in the order that works on a CPU
 # machine (see README "Install"): torch 2.13.0 CPU first, the pinned working set, then
-# speechtokenizer without its dependencies (they would bring torchaudio, which breaks transformers).
+# speechtokenizer without its dependencies (they would bring torchaudio, which breaks transformers),
+# resemblyzer without its (webrtcvad from source and the `typing` backport; webrtcvad-wheels stands in).
 set -euo pipefail
 VENV=${1:-.venv}
 EXTRAS=${2:-}
@@ -20,6 +21,6 @@ pip="$VENV/bin/python -m pip"
 $pip install -q --upgrade pip
 $pip install -q torch==2.13.0
 $pip install -q -c "$here/constraints.txt" -e "$here${EXTRAS:+[$EXTRAS]}"
-$pip install -q --no-deps speechtokenizer==0.1.2
+$pip install -q --no-deps speechtokenizer==0.1.2 resemblyzer==0.1.4
 $pip uninstall -q -y torchaudio 2>/dev/null || true
-"$VENV/bin/python" -c "import torch, transformers, peft, trl, speechtokenizer, prefect, mlflow; print('speechalign environment ready: torch', torch.__version__)"
+"$VENV/bin/python" -c "import torch, transformers, peft, trl, speechtokenizer, prefect, mlflow, speechmos, resemblyzer; print('speechalign environment ready: torch', torch.__version__)"

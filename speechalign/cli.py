@@ -7,7 +7,8 @@
     speechalign report --workdir W [--json]
     speechalign db upgrade [--db URL]
     speechalign config [--workdir W]          print the effective config (every knob)
-    speechalign train-codec --manifest M --out DIR
+    speechalign train-codec --manifest M --out DIR [--from DIR --decoder-steps N]
+    speechalign codec-report --workdir W [--card MODEL_CARD.md]   codec audio quality on held-out audio
 
 Every command takes --config FILE and --set section.key=value.
 """
@@ -72,7 +73,15 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--distill-steps", type=int, default=3000)
     p.add_argument("--layer1-codes", type=int, default=64)
+    p.add_argument("--decoder-steps", type=int, default=4500,
+                   help="decoder training steps (resumes from DIR/decoder_state.pt when a run stopped); 0 skips it")
+    p.add_argument("--from", dest="start_from", metavar="DIR",
+                   help="keep this codec's encoder and codebooks (skips distillation and k-means)")
     p.add_argument("--seed", type=int, default=0)
+    p = sub.add_parser("codec-report", help="DNSMOS, speaker similarity and spectral distance of the codec's audio")
+    _common(p)
+    p.add_argument("--limit", type=int, default=40, help="held-out utterances to measure")
+    p.add_argument("--card", help="write the figures into this model card's reconstruction section")
     return ap
 
 
@@ -123,6 +132,9 @@ def cmd_demo(args) -> int:
     _print_report(cfg, as_json=False)
     print(f"\ndemo wall time: {(time.monotonic() - started) / 60:.1f} min")
     print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    print(f"Listen: every sample's WAV is under {cfg.campaign_dir()}/round-NNN/audio/ (heldout/, candidate/, "
+          "golden/); each round's MLflow run has audio/ with the recording, its golden tokens decoded and the "
+          "round's sample for three held-out sentences")
     return 0
 
 
@@ -240,8 +252,24 @@ def cmd_train_codec(args) -> int:
         from speechalign.tasks.demo_corpus import build_demo_corpus
 
         manifest = str(build_demo_corpus(Path(args.out) / "corpus", 800, CODEC_CORPUS_VOICES, args.seed + 1, 175))
-    card = train_demo_codec(manifest, args.out, args.distill_steps, args.layer1_codes, args.seed)
+    card = train_demo_codec(manifest, args.out, args.distill_steps, args.layer1_codes, args.seed,
+                            args.decoder_steps, args.start_from)
     print(card)
+    return 0
+
+
+def cmd_codec_report(args) -> int:
+    from speechalign.tasks.codec_figures import format_figures, reconstruction_figures, update_card
+
+    _require_workdir(args)
+    cfg = _config(args)
+    figures = reconstruction_figures(cfg, args.limit)
+    text = format_figures(figures)
+    print(text)
+    if args.card:
+        from pathlib import Path
+
+        update_card(Path(args.card), text, f"speechalign codec-report --workdir {args.workdir} --limit {args.limit}")
     return 0
 
 
@@ -277,7 +305,8 @@ def _print_report(cfg, as_json: bool) -> None:
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
             "serve": cmd_serve,
-            "report": cmd_report, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec}
+            "report": cmd_report, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
+            "codec-report": cmd_codec_report}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -34,7 +34,7 @@ class StoreConfig:
 @dataclass
 class MlflowConfig:
     tracking_uri: str = ""  # empty: sqlite:///<workdir>/mlflow.db (the registry needs a database store)
-    artifact_location: str = ""  # empty: <workdir>/mlartifacts
+    artifact_location: str = ""  # empty: <workdir>/mlartifacts, or the MLflow server's own when tracking_uri is http(s)
     registered_model: str = "speechalign-{campaign}"
 
 
@@ -60,6 +60,9 @@ class CodecConfig:
     config_path: str = ""  # SpeechTokenizer config.json; empty: the demo codec shipped in models/demo_codec
     checkpoint_path: str = ""  # its checkpoint (.pt state dict or .safetensors)
     encode_batch_size: int = 16
+    acoustic: str = "model"  # model: the acoustic stage predicts RVQ layers 2..8 from layer 1; layer1_only: decode layer 1 alone
+    acoustic_steps: int = 1000  # training steps of the acoustic stage at bootstrap (on the train split's golden tokens)
+    decode_batch_size: int = 16
 
 
 @dataclass
@@ -172,8 +175,14 @@ class Config:
         return self.mlflow.tracking_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
 
     @property
-    def artifact_location(self) -> str:
-        return self.mlflow.artifact_location or (self.workdir / "mlartifacts").as_uri()
+    def artifact_location(self) -> str | None:
+        """Where new experiments keep artifacts: the configured place; with an MLflow server, the server's
+        own (None: uploads go through it, `mlflow server --artifacts-destination`); else <workdir>/mlartifacts."""
+        if self.mlflow.artifact_location:
+            return self.mlflow.artifact_location
+        if self.tracking_uri.startswith(("http://", "https://")):
+            return None
+        return (self.workdir / "mlartifacts").as_uri()
 
     @property
     def registered_model(self) -> str:
@@ -203,6 +212,7 @@ class ConfigError(ValueError):
 CHOICES = {  # knobs with a fixed set of values, checked when the config is loaded
     ("evaluate", "mode"): ("sampled", "greedy"),
     ("train", "reference"): ("previous", "initial"),
+    ("codec", "acoustic"): ("model", "layer1_only"),
     ("train", "precision"): ("auto", "bf16", "fp32"),
     ("train", "train_embeddings"): ("auto", "true", "false"),
 }

@@ -4,7 +4,8 @@ Held-out prompts never take part in pairs or training. Each gets `samples_per_pr
 (sampled with fixed seeds, as generation samples) or one greedy sequence; the same metrics as the
 candidates score them, and the round's figure is the mean over all held-out samples. The policy's
 teacher-forced likelihood of the golden tokens (`heldout/golden_nll`) comes with them: it has no
-decoding noise, so it shows small changes between rounds that one greedy sequence per prompt hides.
+decoding noise, so it shows small changes between rounds that one greedy sequence per prompt hides. Every
+held-out sample is decoded to a WAV (tasks/decode.py) before it is scored.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from speechalign.config import Config
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.models.likelihood import golden_nll
 from speechalign.models.sampling import Sampling, generate_units
+from speechalign.tasks.decode import decode_samples
 from speechalign.tasks.score import score_samples
 from speechalign.tasks.stage import derive_seed, open_store
 
@@ -42,10 +44,11 @@ def evaluate_policy(cfg: Config, round_id: int, policy: str) -> dict:
                  "sampling": {**sampling.as_dict(), "batch_position": i}}
                 for i, ((p, k), out) in enumerate(zip(batch, outputs))
             ])
+    decoded = decode_samples(cfg, round_id, ("heldout",))
     result = score_samples(cfg, round_id, ("heldout",))
     samples = store.samples(round_id, "heldout")
     heldout = {f"heldout/{k.removeprefix('mean/')}": v for k, v in result.items() if k.startswith("mean/")}
     heldout["heldout/finished_rate"] = sum(s.finished for s in samples) / max(1, len(samples))
     heldout["heldout/golden_nll"] = nll
     return {"prompts": len(prompts), "samples": len(samples), "mode": e.mode, "policy": policy,
-            "score_failures": result["failures"], **heldout}
+            "decode": decoded, "score_failures": result["failures"], **heldout}

@@ -9,7 +9,11 @@ writes nothing twice and leaves exactly one version per round.
 
 from __future__ import annotations
 
+import re
+import shutil
+import tempfile
 import time
+from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param
@@ -17,11 +21,13 @@ from mlflow.entities import Metric, Param
 from speechalign.config import Config
 from speechalign.models.pyfunc import CodecLMModel
 from speechalign.preference_store.schema import Round
+from speechalign.tasks.decode import synthesizer, write_wav
 from speechalign.tasks.stage import fault_point, open_store
 from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
 LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate")
 PIP_REQUIREMENTS = ["torch", "transformers", "peft", "tokenizers", "speechalign"]
+AUDIO_PROMPTS = 3  # held-out prompts whose audio each round logs, the same ones every round
 
 
 def round_params(cfg: Config) -> list[Param]:
@@ -34,6 +40,30 @@ def heldout_metrics(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in result.items() if k.startswith("heldout/")}
 
 
+def log_audio_samples(cfg: Config, client, run_id: str, round_id: int, artifact_path: str) -> int:
+    """For the first few held-out prompts: the real recording, its golden tokens decoded, and this round's
+    sample, as WAVs the MLflow UI plays side by side (plus the sentence). Skipped if already logged."""
+    if client.list_artifacts(run_id, artifact_path):
+        return 0
+    store = open_store(cfg)
+    number = store.round(round_id).number
+    prompts = {p.id: p for p in store.prompts("heldout")}
+    samples = [s for s in store.samples(round_id, "heldout") if s.k == 0 and s.audio_path]
+    synth = synthesizer(cfg)
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in samples[:AUDIO_PROMPTS]:
+            p = prompts[s.prompt_id]
+            folder = Path(tmp) / re.sub(r"[^A-Za-z0-9._-]+", "_", p.utterance_id)[:80]
+            folder.mkdir()
+            (folder / "text.txt").write_text(p.text + "\n")
+            shutil.copyfile(p.golden_audio_path, folder / "1_recording.wav")
+            write_wav(folder / "2_golden_tokens.wav", synth.synthesize([p.golden_tokens[0]], [p.speaker])[0],
+                      synth.sample_rate)
+            shutil.copyfile(s.audio_path, folder / f"3_round_{number}.wav")
+        client.log_artifacts(run_id, tmp, artifact_path)
+    return min(len(samples), AUDIO_PROMPTS)
+
+
 def log_baseline(cfg: Config, round_id: int) -> dict:
     """Round 0: the base model's held-out metrics go on the campaign's run at step 0."""
     store = open_store(cfg)
@@ -43,6 +73,7 @@ def log_baseline(cfg: Config, round_id: int) -> dict:
     if not c.get_metric_history(parent, next(iter(heldout))):
         now = int(time.time() * 1000)
         c.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in heldout.items()])
+    log_audio_samples(cfg, c, parent, round_id, "audio/round-0")
     c.set_terminated(parent)  # the campaign is at rest between rounds; later rounds log to it again
     return {"run_id": parent, **heldout}
 
@@ -68,6 +99,7 @@ def register_round(cfg: Config, round_id: int) -> dict:
         c.log_batch(parent, metrics=[Metric(k, v, now, rnd.number) for k, v in summary.items()])
     if not c.list_artifacts(run_id, "adapter"):
         c.log_artifacts(run_id, train["adapter"], "adapter")
+    log_audio_samples(cfg, c, run_id, round_id, "audio")
     version = registered_version(cfg, c, campaign.mlflow_experiment_id or "", run_id, rnd, train["policy"])
     previous = [r for r in store.rounds(campaign.id) if r.number == rnd.number - 1]
     parent_ckpt = store.checkpoint(previous[0].id) if previous else None

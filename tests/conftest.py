@@ -31,7 +31,7 @@ TINY_MODEL = [  # a one-layer Llama: learns little, but every code path is the r
     "generate.k=2", "generate.batch_size=32", "generate.max_new_tokens=120", "train.batch_size=8",
     "train.lora_r=4", "train.lora_alpha=8", "train.learning_rate=0.001", "evaluate.mode=sampled",
     "evaluate.samples_per_prompt=2",
-    "corpus.heldout_fraction=0.2",
+    "corpus.heldout_fraction=0.2", "codec.acoustic_steps=30",
 ]
 
 

@@ -15,8 +15,8 @@ from speechalign.preference_store.schema import Score
 from speechalign.tasks.stage import FAULT_ENV, open_store
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
-STAGES = ["generate", "score", "pairs", "train", "evaluate", "register"]
-FAULTS = ["generate:mid", "generate:end", "score:end", "pairs:end", "train:mid", "train:end", "evaluate:end",
+STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "register"]
+FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end", "evaluate:end",
           "register:mid", "register:end"]
 
 
@@ -47,6 +47,9 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     written = {(s.prompt_id, s.kind, s.k): (s.id, s.tokens) for s in store.samples(killed.id)}
     if fault == "generate:mid":
         assert 0 < sum(k[1] == "candidate" for k in written) < 19 * 2  # some batches were written
+    decoded = {s.id: s.audio_path for s in store.samples(killed.id) if s.audio_path}
+    if fault == "decode:mid":
+        assert 0 < len(decoded) < 19 * 3  # some WAVs were written and recorded
 
     result = alignment_round(str(cfg.workdir))  # the next trigger: takes over the dead run's lock
     assert result["round"] == 1 and result["version"] == "1"
@@ -61,6 +64,8 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     assert (kinds.count("golden"), kinds.count("candidate"), kinds.count("heldout")) == (19, 38, 10)
     after = {(s.prompt_id, s.kind, s.k): (s.id, s.tokens) for s in samples}
     assert all(after[key] == value for key, value in written.items())  # nothing written before was lost
+    assert all(s.audio_path and os.path.isfile(s.audio_path) for s in samples)  # every sample has its WAV
+    assert all(s.audio_path == decoded[s.id] for s in samples if s.id in decoded)  # decoded once, kept
     round0 = store.samples(store.rounds(campaign.id)[0].id)
     assert store.count(Score) == 2 * (len(round0) + len(samples))  # two metrics per sample, round 0's too
     pairs = store.pairs(killed.id)

@@ -1,7 +1,10 @@
 """A one-round campaign on tiny real models, on SQLite and PostgreSQL, and a round that fails and
 resumes from its last completed stage."""
 
+from pathlib import Path
+
 import pytest
+import soundfile as sf
 import torch
 from mlflow.tracking import MlflowClient
 
@@ -52,6 +55,10 @@ def test_one_round_campaign(bootstrapped):
     assert 0 < c["pairs"] <= 19 * 2
     assert store.count(Score) == 2 * (counts(store, base.id)["heldout"] + 19 + 38 + 10)  # two metrics each
     assert all(p.criterion == "golden_vs_synthetic" and p.source == "auto" for p in store.pairs(first.id))
+    for sample in store.samples(first.id) + store.samples(base.id):  # every sample decoded to a 16 kHz WAV
+        info = sf.info(sample.audio_path)
+        assert Path(sample.audio_path).is_relative_to(cfg.workdir) and info.samplerate == 16000
+        assert info.frames == len(sample.tokens) * 320
 
     client = MlflowClient(cfg.tracking_uri)
     [version] = client.search_model_versions(f"name='{cfg.registered_model}'")
@@ -67,6 +74,11 @@ def test_one_round_campaign(bootstrapped):
     assert 0 < run.data.metrics["heldout/golden_nll"] < 20
     assert run.data.params["train.loss_type"] == str(cfg.train.loss_type)
     assert [a.path for a in client.list_artifacts(first.mlflow_run_id, "adapter")]
+    listened = [a.path for a in client.list_artifacts(first.mlflow_run_id, "audio")]
+    assert len(listened) == 3  # three held-out prompts: recording, golden tokens decoded, this round's sample
+    files = [a.path.rsplit("/", 1)[1] for a in client.list_artifacts(first.mlflow_run_id, listened[0])]
+    assert files == ["1_recording.wav", "2_golden_tokens.wav", "3_round_1.wav", "text.txt"]
+    assert len(client.list_artifacts(campaign.mlflow_parent_run_id, "audio/round-0")) == 3
     assert result["version"] == "1" and store.checkpoint(first.id).mlflow_version == "1"
 
     policy, base_lm = load_codec_lm(first.policy_out), load_codec_lm(campaign.base_model_path)
@@ -98,7 +110,7 @@ def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
     stages = store.stages(failed.id)
     assert failed.status == "failed" and "no_such_layer" in failed.error
     assert {k: v.status for k, v in stages.items()} == {
-        "generate": "completed", "score": "completed", "pairs": "completed", "train": "failed"}
+        "generate": "completed", "decode": "completed", "score": "completed", "pairs": "completed", "train": "failed"}
     before = counts(store, failed.id)
     markdown = prefect_artifact(f"{cfg.campaign.name}-round-1")
     assert "round 1: failed" in markdown and "no_such_layer" in markdown and "| train | failed |" in markdown
@@ -107,7 +119,7 @@ def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
     assert result["round"] == 1  # the same round, finished, not a new one
     stages = store.stages(failed.id)
     assert store.round(failed.id).status == "completed"
-    assert (stages["generate"].attempts, stages["pairs"].attempts, stages["train"].attempts) == (1, 1, 2)
+    assert (stages["generate"].attempts, stages["decode"].attempts, stages["train"].attempts) == (1, 1, 2)
     after = counts(store, failed.id)
     assert {k: after[k] for k in ("golden", "candidate", "pairs")} == {k: before[k] for k in ("golden", "candidate", "pairs")}
     assert store.count(Sample, round_id=failed.id, kind="candidate") == 19 * 2

@@ -1,0 +1,56 @@
+"""From codec LM units to audio: the acoustic stage fills in RVQ layers 2..8, the codec's decoder makes the waveform.
+
+`acoustic = "model"` uses the acoustic stage bootstrap trained (SoundStorm's role in SpeechAlign);
+`acoustic = "layer1_only"` decodes layer 1 by itself (the other layers left out of the RVQ sum),
+which keeps the content but loses the voice's detail (see the codec's model card for both figures).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from speechtokenizer import SpeechTokenizer
+
+from speechalign.models.acoustic import AcousticStage
+
+ACOUSTIC_MODES = ("model", "layer1_only")
+
+
+class Synthesizer:
+    def __init__(self, codec: SpeechTokenizer, acoustic: AcousticStage | None):
+        self.codec, self.acoustic = codec, acoustic
+        self.hop, self.sample_rate = int(codec.downsample_rate), int(codec.sample_rate)
+
+    def codes(self, units: list[list[int]], speakers: list[str | None]) -> list[np.ndarray]:
+        """RVQ codes (layers, frames) per unit sequence: all layers with the acoustic stage, else layer 1 alone."""
+        if self.acoustic is None:
+            return [np.asarray(u, dtype=np.int32)[None, :] for u in units]
+        return self.acoustic.predict(units, speakers)
+
+    @torch.inference_mode()
+    def decode(self, codes: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+        """Waveforms (float32) for codes of shape (layers, frames), decoded in batches of similar length.
+
+        The decoder is convolutional with a forward LSTM: zero padding after a sequence reaches back only
+        through the convolutions' look-ahead, a few frames at its end (the tests bound it at 10); the
+        output is trimmed to frames * hop."""
+        out: list[np.ndarray | None] = [None] * len(codes)
+        order = sorted(range(len(codes)), key=lambda i: codes[i].shape[1])
+        for start in range(0, len(order), batch_size):
+            idx = [i for i in order[start:start + batch_size] if codes[i].shape[1] > 0]
+            for i in order[start:start + batch_size]:
+                if codes[i].shape[1] == 0:
+                    out[i] = np.zeros(0, dtype=np.float32)  # the LM ended at once: an empty clip, scored as such
+            if not idx:
+                continue
+            layers, longest = codes[idx[0]].shape[0], max(codes[i].shape[1] for i in idx)
+            batch = torch.zeros(layers, len(idx), longest, dtype=torch.long)
+            for row, i in enumerate(idx):
+                batch[:, row, : codes[i].shape[1]] = torch.from_numpy(codes[i].astype(np.int64))
+            wav = self.codec.decoder(self.codec.quantizer.decode(batch))[:, 0]
+            for row, i in enumerate(idx):
+                out[i] = wav[row, : codes[i].shape[1] * self.hop].numpy().astype(np.float32)
+        return out  # type: ignore[return-value]
+
+    def synthesize(self, units: list[list[int]], speakers: list[str | None], batch_size: int = 16) -> list[np.ndarray]:
+        return self.decode(self.codes(units, speakers), batch_size)
