@@ -2,7 +2,8 @@
 
 The reference model is the round's input policy by default (PEFT's adapter-disabled model, so no
 second copy is held); `train.reference = "initial"` makes it the campaign's base model instead.
-bf16 on a GPU that supports it, fp32 on CPU.
+bf16 on a GPU that supports it, fp32 on CPU. Training holds the host's lock for its device
+(speechalign/host_lock.py), so two campaigns never train on one GPU at the same time.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from speechalign.config import Config
+from speechalign.host_lock import HostTrainingLock
 from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
 from speechalign.tasks.progress import ProgressLog
 from speechalign.tasks.stage import open_store, round_dir
@@ -84,7 +86,8 @@ def train_policy(cfg: Config, round_id: int) -> dict:
     trainer = DPOTrainer(model=lm.model, ref_model=ref_model, args=args, train_dataset=dataset,
                          processing_class=lm.tokenizer, peft_config=lora, callbacks=[progress])
     trainer.remove_callback(PrinterCallback)  # one line per step is too much; ProgressLog reports every 10
-    output = trainer.train()
+    with HostTrainingLock(f"campaign {cfg.campaign.name} round {rnd.number}") as host_lock:
+        output = trainer.train()
     history = [{k: h[k] for k in ("step", *DPO_METRICS) if k in h}
                for h in trainer.state.log_history if "rewards/accuracies" in h]
     trainer.model.save_pretrained(adapter_dir)
@@ -99,6 +102,7 @@ def train_policy(cfg: Config, round_id: int) -> dict:
     return {
         "pairs": len(dataset), "steps": int(trainer.state.global_step), "precision": mode,
         "runtime_s": float(output.metrics.get("train_runtime", 0.0)), "reference": t.reference,
+        "waited_for_host_lock_s": round(host_lock.waited_s, 1),
         "policy": str(policy_dir), "adapter": str(adapter_dir),
         "final": {k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
         "history": history,
