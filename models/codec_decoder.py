@@ -17,7 +17,7 @@ import torch
 from speechtokenizer import SpeechTokenizer
 
 from speechalign.audio import log_mel
-from speechalign.models.codec import encode
+from speechalign.models.codec import DEMO_CODEC_CONFIG, encode, save_codec
 
 STFT_WINDOWS = (256, 512, 1024, 2048)
 MEL_WEIGHT = 4.0
@@ -127,8 +127,6 @@ def train_decoder(codec: SpeechTokenizer, wavs: list[np.ndarray], steps: int, se
                   save_every: int = 500, log=print) -> dict:
     """Train the decoder for `steps`, resuming from `out_dir/decoder_state.pt` when a run stopped; saves the codec
     at every `save_every` steps so a long run can be listened to (and measured) while it goes on."""
-    from speechalign.models.codec import DEMO_CODEC_CONFIG, save_codec
-
     state_path = Path(out_dir) / "decoder_state.pt"
     trainer = DecoderTrainer(codec, wavs, steps, seed)
     if state_path.exists():

@@ -13,8 +13,6 @@ from speechtokenizer import SpeechTokenizer
 
 from speechalign.models.acoustic import AcousticStage
 
-ACOUSTIC_MODES = ("model", "layer1_only")
-
 
 class Synthesizer:
     def __init__(self, codec: SpeechTokenizer, acoustic: AcousticStage | None):

@@ -7,7 +7,6 @@ file is written under a temporary name and renamed, so a killed stage never leav
 
 from __future__ import annotations
 
-import re
 import time
 from functools import lru_cache
 from pathlib import Path
@@ -18,6 +17,7 @@ from speechalign.config import Config
 from speechalign.models.acoustic import load_acoustic
 from speechalign.models.codec import load_codec
 from speechalign.models.speech import Synthesizer
+from speechalign.tasks.import_corpus import safe_name
 from speechalign.tasks.progress import StageProgress
 from speechalign.tasks.stage import fault_point, log, open_store, round_dir
 
@@ -41,8 +41,7 @@ def synthesizer(cfg: Config) -> Synthesizer:
 
 
 def audio_file(cfg: Config, number: int, kind: str, prompt_id: int, utterance_id: str, k: int) -> Path:
-    safe = re.sub(r"[^A-Za-z0-9._-]+", "_", utterance_id)[:80]
-    return round_dir(cfg, number) / "audio" / kind / f"p{prompt_id}_{safe}_k{k}.wav"
+    return round_dir(cfg, number) / "audio" / kind / f"p{prompt_id}_{safe_name(utterance_id)[:80]}_k{k}.wav"
 
 
 def write_wav(path: Path, audio, sample_rate: int) -> None:

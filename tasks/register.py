@@ -9,7 +9,6 @@ writes nothing twice and leaves exactly one version per round.
 
 from __future__ import annotations
 
-import re
 import shutil
 import tempfile
 import time
@@ -22,6 +21,7 @@ from speechalign.config import Config
 from speechalign.models.pyfunc import CodecLMModel
 from speechalign.preference_store.schema import Round
 from speechalign.tasks.decode import synthesizer, write_wav
+from speechalign.tasks.import_corpus import safe_name
 from speechalign.tasks.stage import fault_point, open_store
 from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
@@ -53,7 +53,7 @@ def log_audio_samples(cfg: Config, client, run_id: str, round_id: int, artifact_
     with tempfile.TemporaryDirectory() as tmp:
         for s in samples[:AUDIO_PROMPTS]:
             p = prompts[s.prompt_id]
-            folder = Path(tmp) / re.sub(r"[^A-Za-z0-9._-]+", "_", p.utterance_id)[:80]
+            folder = Path(tmp) / safe_name(p.utterance_id)[:80]
             folder.mkdir()
             (folder / "text.txt").write_text(p.text + "\n")
             shutil.copyfile(p.golden_audio_path, folder / "1_recording.wav")
