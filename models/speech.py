@@ -21,6 +21,12 @@ class Synthesizer:
 
     def codes(self, units: list[list[int]], speakers: list[str | None]) -> list[np.ndarray]:
         """RVQ codes (layers, frames) per unit sequence: all layers with the acoustic stage, else layer 1 alone."""
+        bins = int(self.codec.quantizer.bins)
+        for u in units:
+            bad = [x for x in u if not 0 <= x < bins]
+            if bad:
+                raise ValueError(f"unit {bad[0]} is outside the codec's codebook (0..{bins - 1}): the policy's "
+                                 "speech vocabulary does not match the codec; bootstrap the model with this codec")
         if self.acoustic is None:
             return [np.asarray(u, dtype=np.int32)[None, :] for u in units]
         return self.acoustic.predict(units, speakers)
@@ -52,3 +58,18 @@ class Synthesizer:
 
     def synthesize(self, units: list[list[int]], speakers: list[str | None], batch_size: int = 16) -> list[np.ndarray]:
         return self.decode(self.codes(units, speakers), batch_size)
+
+    def synthesize_each(self, units: list[list[int]], speakers: list[str | None],
+                        batch_size: int = 16) -> list[np.ndarray | Exception]:
+        """Like `synthesize`, but a sequence that cannot be decoded costs only itself: if the batch fails,
+        each sequence is decoded alone and a failing one gets its exception in place of audio."""
+        try:
+            return list(self.synthesize(units, speakers, batch_size))
+        except Exception:  # noqa: BLE001 - find which sequence it was
+            out: list[np.ndarray | Exception] = []
+            for u, s in zip(units, speakers):
+                try:
+                    out.append(self.synthesize([u], [s])[0])
+                except Exception as exc:  # noqa: BLE001
+                    out.append(exc)
+            return out

@@ -2,7 +2,9 @@
 
 Layer-1 units -> acoustic stage -> codec decoder (models/speech.py). The WAV's path goes into the
 sample's `audio_path`; a resumed stage decodes only samples whose file is not there yet, and each
-file is written under a temporary name and renamed, so a killed stage never leaves half a WAV.
+file is written under a temporary name and renamed, so a killed stage never leaves half a WAV. A
+sample that cannot be decoded is named in the stage's result (`failed`) and left without audio;
+the others are decoded.
 """
 
 from __future__ import annotations
@@ -62,13 +64,19 @@ def decode_samples(cfg: Config, round_id: int, kinds: tuple[str, ...] = ("golden
     synth = synthesizer(cfg)
     batch_size = cfg.codec.decode_batch_size
     progress = StageProgress("decode", f"decode: {len(samples)} samples of round {number} to WAV")
-    started, seconds = time.monotonic(), 0.0
+    started, seconds, failed = time.monotonic(), 0.0, {}
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
     for n, batch in enumerate(batches, start=1):
-        wavs = synth.synthesize([s.tokens for s in batch], [prompts[s.prompt_id].speaker for s in batch], batch_size)
+        wavs = synth.synthesize_each([s.tokens for s in batch], [prompts[s.prompt_id].speaker for s in batch],
+                                     batch_size)
         paths = {}
         for s, wav in zip(batch, wavs):
-            path = audio_file(cfg, number, s.kind, s.prompt_id, prompts[s.prompt_id].utterance_id, s.k)
+            utterance = prompts[s.prompt_id].utterance_id
+            if isinstance(wav, Exception):  # recorded, and the rest of the round goes on without its audio
+                failed[str(s.id)] = f"{s.kind} sample k={s.k} of {utterance}: {wav.__class__.__name__}: {wav}"
+                log.warning("decode: %s", failed[str(s.id)])
+                continue
+            path = audio_file(cfg, number, s.kind, s.prompt_id, utterance, s.k)
             write_wav(path, wav, synth.sample_rate)
             paths[s.id] = str(path)
             seconds += len(wav) / synth.sample_rate
@@ -77,6 +85,7 @@ def decode_samples(cfg: Config, round_id: int, kinds: tuple[str, ...] = ("golden
         log.info("decode: batch %d/%d", n, len(batches))
         fault_point("decode", "mid")
     wall = time.monotonic() - started
-    return {"decoded": len(samples), "audio_seconds": round(seconds, 1), "seconds": round(wall, 1),
+    return {"decoded": len(samples) - len(failed), "failed": failed, "audio_seconds": round(seconds, 1),
+            "seconds": round(wall, 1),
             "real_time_factor": round(wall / max(seconds, 1e-9), 4),
             "acoustic": cfg.codec.acoustic}

@@ -52,3 +52,14 @@ def test_synthesizer_makes_a_wav_per_sequence_in_both_modes(codec, golden):
     together = Synthesizer(codec, None).decode([short, long], batch_size=2)[0]
     assert short.shape[1] < long.shape[1] and len(alone) == len(together)
     assert np.allclose(alone[:-10 * 320], together[:-10 * 320], atol=1e-4)
+
+
+def test_a_sequence_that_cannot_be_decoded_costs_only_itself(codec, golden):
+    codes, speakers = golden
+    synth = Synthesizer(codec, None)
+    with pytest.raises(ValueError, match="unit 5000 is outside the codec's codebook"):
+        synth.synthesize([[1, 5000, 2]], [None])
+    good = codes[0][0].tolist()
+    out = synth.synthesize_each([good, [1, 5000, 2], good[:5]], speakers[:3], batch_size=3)
+    assert isinstance(out[1], ValueError) and "5000" in str(out[1])
+    assert [len(out[0]), len(out[2])] == [len(good) * 320, 5 * 320]
