@@ -72,13 +72,18 @@ def _postgres_database() -> str:
     return make_url(POSTGRES_URL).set(database=name).render_as_string(hide_password=False)
 
 
-@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
-def store_url(request, tmp_path) -> str:
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'store.db'}"
+def database_url(kind: str, sqlite_path: Path) -> str:
+    """A SQLite file, or a fresh database on the CI's PostgreSQL (the test is skipped without one)."""
+    if kind == "sqlite":
+        return f"sqlite:///{sqlite_path}"
     if not POSTGRES_URL:
         pytest.skip("no PostgreSQL server: set SPEECHALIGN_TEST_POSTGRES_URL (.ci/run starts one)")
     return _postgres_database()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
+def store_url(request, tmp_path) -> str:
+    return database_url(request.param, tmp_path / "store.db")
 
 
 @pytest.fixture

@@ -1,61 +1,30 @@
 """A campaign tracked by a real `mlflow server` (HTTP tracking URI): runs, registry and artifacts go
 through the server, as they do for a team sharing one."""
 
-import socket
-import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import tiny_config
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+from tests.conftest import database_url, tiny_config
+from tests.servers import free_port, running_server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
 def mlflow_backend(request, tmp_path) -> str:
     """The server's own backend store: SQLite, or a fresh database on the CI's PostgreSQL."""
-    from tests.conftest import POSTGRES_URL, _postgres_database
-
-    if request.param == "sqlite":
-        return f"sqlite:///{tmp_path / 'server.db'}"
-    if not POSTGRES_URL:
-        pytest.skip("no PostgreSQL server: set SPEECHALIGN_TEST_POSTGRES_URL (.ci/run starts one)")
-    return _postgres_database()
+    return database_url(request.param, tmp_path / "server.db")
 
 
 @pytest.fixture
 def mlflow_server(tmp_path, mlflow_backend):
     port = free_port()
-    log = open(tmp_path / "mlflow-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
-                             "--backend-store-uri", mlflow_backend,
-                             "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
-                            stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 180
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("mlflow server did not start: " + (tmp_path / "mlflow-server.log").read_text()[-2000:])
-        time.sleep(1)
-    yield url
-    proc.terminate()
-    proc.wait(timeout=30)
-    log.close()
+    with running_server([sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
+                         "--backend-store-uri", mlflow_backend,
+                         "--artifacts-destination", str(tmp_path / "server-artifacts"), "--workers", "1"],
+                        url + "/health", tmp_path / "mlflow-server.log"):
+        yield url
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)

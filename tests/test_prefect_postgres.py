@@ -3,45 +3,25 @@
 import os
 import subprocess
 import sys
-import time
-import urllib.request
 
 import pytest
 from sqlalchemy import create_engine, make_url, text
 
-from tests.conftest import POSTGRES_URL, _postgres_database
-from tests.test_mlflow_server import free_port
+from tests.conftest import database_url
+from tests.servers import free_port, running_server
 
 
 @pytest.fixture
 def prefect_server_on_postgres(tmp_path):
-    if not POSTGRES_URL:
-        pytest.skip("no PostgreSQL server: set SPEECHALIGN_TEST_POSTGRES_URL (.ci/run starts one)")
-    database = _postgres_database()
+    database = database_url("postgresql", tmp_path / "unused.db")
     asyncpg_url = make_url(database).set(drivername="postgresql+asyncpg").render_as_string(hide_password=False)
     port = free_port()
     env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url, "PREFECT_HOME": str(tmp_path / "ph"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
-    log = open(tmp_path / "prefect-server.log", "w")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
-                             "--port", str(port)], env=env, stdout=log, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 240
-    while True:
-        try:
-            with urllib.request.urlopen(url + "/health", timeout=5) as resp:
-                if resp.status == 200:
-                    break
-        except OSError:
-            pass
-        if proc.poll() is not None or time.monotonic() > deadline:
-            proc.kill()
-            pytest.fail("prefect server did not start: " + (tmp_path / "prefect-server.log").read_text()[-2000:])
-        time.sleep(1)
-    yield url, database
-    proc.terminate()
-    proc.wait(timeout=60)
-    log.close()
+    with running_server([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+                        url + "/health", tmp_path / "prefect-server.log", env=env, seconds=240):
+        yield url, database
 
 
 @pytest.mark.postgres
