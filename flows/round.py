@@ -1,6 +1,9 @@
 """One alignment round, top to bottom.
 
-    generate -> decode -> score -> pairs -> train -> evaluate -> register
+    generate -> decode -> score -> pairs -> train -> evaluate -> guard -> register -> promote
+
+guard flags a collapsing or regressing round; promote gives the round's model version the `champion`
+alias only when no held-out metric regresses against the current champion (tasks/guard.py).
 
 Each stage is a Prefect task with retries over IDs and paths (never tensors): it reads its inputs
 from the preference store and the work directory and writes its outputs there. The store records
@@ -23,6 +26,7 @@ from speechalign.report import campaign_report, format_markdown
 from speechalign.tasks.decode import decode_samples
 from speechalign.tasks.evaluate import evaluate_policy
 from speechalign.tasks.generate import generate_candidates
+from speechalign.tasks.guard import guard_round, promote_round, stopped_by_guard
 from speechalign.tasks.pairs import build_pairs
 from speechalign.tasks.register import log_baseline, register_round
 from speechalign.tasks.score import score_samples
@@ -83,6 +87,8 @@ def _run_round(cfg: Config, store, campaign, workdir: str, config_file: str | No
         baseline(workdir, config_file, overrides)
     rounds = store.rounds(campaign.id)
     last = rounds[-1]
+    if last.status == "completed" and (why := stopped_by_guard(cfg, campaign.id)):
+        raise CampaignStopped(why)
     if last.status == "completed":
         rnd = store.open_round(campaign.id, last.number + 1, last.policy_out)
     else:
@@ -95,12 +101,20 @@ def _run_round(cfg: Config, store, campaign, workdir: str, config_file: str | No
         stage_task(cfg, "pairs")(cfg, rnd.id, "pairs", build_pairs)
         trained = stage_task(cfg, "train")(cfg, rnd.id, "train", train_policy)
         evaluated = stage_task(cfg, "evaluate")(cfg, rnd.id, "evaluate", evaluate_policy, trained["policy"])
+        guard = stage_task(cfg, "guard")(cfg, rnd.id, "guard", guard_round)
         registered = stage_task(cfg, "register")(cfg, rnd.id, "register", register_round)
+        promoted = stage_task(cfg, "promote")(cfg, rnd.id, "promote", promote_round)
     except BaseException as exc:
         store.finish_round(rnd.id, "failed", error=f"{exc.__class__.__name__}: {exc}")
         publish_round(cfg, rnd.number)
         raise
     store.finish_round(rnd.id, "completed", policy_out=trained["policy"])
     publish_round(cfg, rnd.number)
+    stop = guard["flagged"] and cfg.guard.action == "stop"
     return {"round": rnd.number, **{k: v for k, v in evaluated.items() if k.startswith("heldout/")},
-            "version": registered["version"]}
+            "version": registered["version"], "guard": "flagged" if guard["flagged"] else "ok",
+            "promotion": promoted["verdict"], "stop_campaign": stop}
+
+
+class CampaignStopped(RuntimeError):
+    """The collapse guard (guard.action = "stop") stopped the campaign; the message says why and how to go on."""

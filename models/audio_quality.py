@@ -1,7 +1,9 @@
 """Audio quality figures for decoded speech: DNSMOS (speechmos), speaker similarity (resemblyzer) and
 spectral distances (log-mel L1, mel-cepstral distortion) between time-aligned waveforms.
 
-The models ship inside their PyPI packages (see NOTES) and are loaded once per process.
+The models ship inside their PyPI packages (see NOTES) and are loaded once per process. DNSMOS and
+speaker similarity are the metric plug-ins' implementations (models/metrics/dnsmos.py, speaker.py), one
+clip at a time here.
 """
 
 from __future__ import annotations
@@ -20,31 +22,35 @@ CEPSTRA = 24  # mel-cepstral coefficients 1..24 (c0, the loudness, left out as M
 
 
 def dnsmos(wav: np.ndarray) -> dict[str, float]:
-    """DNSMOS P.835 (SIG, BAK, OVRL) of a 16 kHz clip."""
-    from speechmos import dnsmos as model  # noqa: PLC0415 - onnxruntime + librosa load slowly; only where needed
-
-    if len(wav) < SAMPLE_RATE // 10:
-        raise ValueError(f"clip of {len(wav)} samples is too short for DNSMOS (needs at least 0.1 s)")
-    scores = model.run(np.clip(wav, -1, 1).astype(np.float32), SAMPLE_RATE)
-    return {"sig": float(scores["sig_mos"]), "bak": float(scores["bak_mos"]), "ovrl": float(scores["ovrl_mos"])}
-
-
-@lru_cache(maxsize=1)
-def _voice_encoder():
-    from resemblyzer import VoiceEncoder  # noqa: PLC0415
-
-    return VoiceEncoder("cpu", verbose=False)
+    """DNSMOS P.835 (SIG, BAK, OVRL) of a 16 kHz clip: speechmos's values, through the batched scorer
+    of the `dnsmos` metric plug-in (models/metrics/dnsmos.py)."""
+    return _dnsmos_scorer().clips([wav])[0]
 
 
 def speaker_embedding(wav: np.ndarray) -> np.ndarray:
-    from resemblyzer import preprocess_wav  # noqa: PLC0415
-
-    return _voice_encoder().embed_utterance(preprocess_wav(wav.astype(np.float32), source_sr=SAMPLE_RATE))
+    """resemblyzer's embed_utterance of the preprocessed 16 kHz clip (unit length), through the batched
+    encoder of the `speaker_similarity` plug-in (models/metrics/speaker.py)."""
+    return _speaker_scorer().embed([wav])[0]
 
 
 def speaker_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of resemblyzer speaker embeddings (unit length): 1 is the same voice."""
-    return float(np.dot(speaker_embedding(a), speaker_embedding(b)))
+    ea, eb = _speaker_scorer().embed([a, b])
+    return float(np.dot(ea, eb))
+
+
+@lru_cache(maxsize=1)
+def _dnsmos_scorer():
+    from speechalign.models.metrics.dnsmos import Dnsmos  # noqa: PLC0415 - onnxruntime loads slowly; only where needed
+
+    return Dnsmos()
+
+
+@lru_cache(maxsize=1)
+def _speaker_scorer():
+    from speechalign.models.metrics.speaker import SpeakerSimilarity  # noqa: PLC0415
+
+    return SpeakerSimilarity()
 
 
 def _aligned_log_mel(ref: np.ndarray, out: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

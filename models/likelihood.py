@@ -12,7 +12,6 @@ import torch
 from speechalign.models.codec_lm import CodecLM, completion_text
 
 
-@torch.no_grad()
 def golden_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int = 32) -> float:
     """Mean negative log-likelihood (nats per token) of `<u..>...<eosp>` given the prompt, over all items.
 
@@ -21,8 +20,22 @@ def golden_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int 
     """
     if not items:
         raise ValueError("golden_nll needs at least one (prompt, units) item")
+    sums, counts = _completion_nll(lm, items, batch_size)
+    return sum(sums) / sum(counts)
+
+
+def sequence_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int = 32) -> list[float]:
+    """Each item's mean negative log-likelihood per completion token (one figure per sequence)."""
+    sums, counts = _completion_nll(lm, items, batch_size)
+    return [s / c for s, c in zip(sums, counts)]
+
+
+@torch.no_grad()
+def _completion_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int) -> tuple[list[float], list[int]]:
+    """Per item: the summed NLL of its completion tokens, and how many there are."""
     tok, device = lm.tokenizer, lm.model.device
-    total, count = 0.0, 0
+    sums: list[float] = []
+    counts: list[int] = []
     for start in range(0, len(items), batch_size):
         rows, targets = [], []
         for prompt, units in items[start:start + batch_size]:
@@ -38,8 +51,7 @@ def golden_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int 
         mask = (torch.arange(width, device=device)[None] < lengths[:, None]).long()
         logits = lm.model(input_ids=ids, attention_mask=mask).logits[:, :-1].float()
         shifted = labels[:, 1:]
-        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), shifted, ignore_index=-100,
-                                                reduction="sum")
-        total += float(nll)
-        count += int((shifted != -100).sum())
-    return total / count
+        nll = torch.nn.functional.cross_entropy(logits.transpose(1, 2), shifted, ignore_index=-100, reduction="none")
+        sums += nll.sum(1).tolist()
+        counts += (shifted != -100).sum(1).tolist()
+    return sums, counts

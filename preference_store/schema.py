@@ -153,6 +153,20 @@ class Checkpoint(Base):
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 
+class RoundDecision(Base):
+    """What the collapse guard and the promotion gate decided about a round, and why."""
+
+    __tablename__ = "round_decisions"
+    __table_args__ = (UniqueConstraint("round_id", "kind"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), comment="guard | promotion")
+    verdict: Mapped[str] = mapped_column(String(32), comment="guard: ok | flagged; promotion: promoted | refused | off")
+    reasons: Mapped[list] = mapped_column(comment="one sentence per reason; empty when nothing was wrong")
+    details: Mapped[dict | None] = mapped_column(comment="the figures the decision was made on")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class RoundLock(Base):
     """Who is running a round of a campaign now: at most one holder per campaign.
 

@@ -24,6 +24,7 @@ from speechalign.preference_store.schema import (
     Pair,
     Prompt,
     Round,
+    RoundDecision,
     RoundStage,
     Sample,
     Score,
@@ -283,6 +284,28 @@ class PreferenceStore:
     def checkpoint(self, round_id: int) -> Checkpoint | None:
         with self.session() as s:
             return s.scalar(select(Checkpoint).where(Checkpoint.round_id == round_id))
+
+    def set_promoted(self, round_id: int) -> None:
+        with self.session() as s:
+            s.execute(update(Checkpoint).where(Checkpoint.round_id == round_id).values(promoted=True))
+
+    def champion(self, campaign_id: int) -> tuple[Round, Checkpoint] | None:
+        """The campaign's latest promoted round and its checkpoint (None: the base model is the champion)."""
+        with self.session() as s:
+            row = s.execute(select(Round, Checkpoint).join(Checkpoint, Checkpoint.round_id == Round.id).where(
+                Round.campaign_id == campaign_id, Checkpoint.promoted.is_(True)).order_by(Round.number.desc())).first()
+            return (row[0], row[1]) if row else None
+
+    # ---- guard and promotion decisions --------------------------------------------------------
+    def add_decision(self, round_id: int, kind: str, verdict: str, reasons: list[str], details: dict) -> None:
+        """Recorded once per round and kind: a resumed stage keeps the first decision."""
+        with self.session() as s:
+            insert_ignore(s, RoundDecision, [{"round_id": round_id, "kind": kind, "verdict": verdict, "reasons": reasons,
+                                              "details": details, "created_at": utcnow()}], ["round_id", "kind"])
+
+    def decisions(self, round_id: int) -> dict[str, RoundDecision]:
+        with self.session() as s:
+            return {d.kind: d for d in s.scalars(select(RoundDecision).where(RoundDecision.round_id == round_id))}
 
 
 def chunks(items: list, size: int) -> Iterable[list]:

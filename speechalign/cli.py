@@ -5,6 +5,7 @@
     speechalign round --workdir W
     speechalign campaign --workdir W --rounds N
     speechalign report --workdir W [--json]
+    speechalign ablate --workdir W --criteria golden_vs_synthetic,unanimous,single:dnsmos_ovrl --rounds N
     speechalign db upgrade [--db URL]
     speechalign config [--workdir W]          print the effective config (every knob)
     speechalign train-codec --manifest M --out DIR [--from DIR --decoder-steps N]
@@ -61,6 +62,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="per round: pairs, DPO metrics, held-out metrics, model version")
     _common(p)
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p = sub.add_parser("ablate", help="the same campaign under each pair criterion; a table of held-out metrics")
+    _common(p)
+    p.add_argument("--criteria", required=True,
+                   help="comma-separated: golden_vs_synthetic, unanimous, single:<metric> (e.g. single:dnsmos_ovrl)")
+    p.add_argument("--rounds", type=int, required=True, help="rounds per criterion")
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
     p = sub.add_parser("db", help="preference store schema")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="run Alembic migrations to head")
@@ -101,6 +108,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     from speechalign.config import ConfigError
     from speechalign.flows.common import SetupError
+    from speechalign.flows.round import CampaignStopped
     from speechalign.preference_store.round_lock import RoundBusy
     from speechalign.preflight import PreflightError
 
@@ -112,6 +120,9 @@ def main(argv: list[str] | None = None) -> int:
     except RoundBusy as exc:
         print(f"speechalign: busy: {exc}", file=sys.stderr)
         return 3
+    except CampaignStopped as exc:
+        print(f"speechalign: stopped: {exc}", file=sys.stderr)
+        return 4
 
 
 def cmd_demo(args) -> int:
@@ -212,6 +223,29 @@ def cmd_campaign(args) -> int:
     return 0
 
 
+def cmd_ablate(args) -> int:
+    _require_workdir(args)
+    criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
+    if not criteria:
+        from speechalign.config import ConfigError
+
+        raise ConfigError("--criteria is empty; name at least one, e.g. --criteria golden_vs_synthetic,unanimous")
+    cfg = _config(args)
+    _prepare(cfg)
+    from pathlib import Path
+
+    from speechalign.flows.ablation import criterion_ablation
+    from speechalign.report import ablation_report, format_ablation
+
+    names = criterion_ablation(criteria=criteria, rounds=args.rounds, **_flow_args(cfg, args))
+    report = ablation_report(cfg, names)
+    text = format_ablation(report)
+    out = Path(cfg.workdir) / f"ablation-{cfg.campaign.name}.json"
+    out.write_text(json.dumps(report, indent=2, default=str))
+    print(json.dumps(report, indent=2, default=str) if args.json else f"{text}\n\n(also in {out})")
+    return 0
+
+
 def cmd_report(args) -> int:
     _require_workdir(args)
     cfg = _config(args)
@@ -305,7 +339,7 @@ def _print_report(cfg, as_json: bool) -> None:
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
             "serve": cmd_serve,
-            "report": cmd_report, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
+            "report": cmd_report, "ablate": cmd_ablate, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
             "codec-report": cmd_codec_report}
 
 if __name__ == "__main__":

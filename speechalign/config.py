@@ -95,13 +95,38 @@ class GenerateConfig:
 
 @dataclass
 class ScoreConfig:
-    metrics: list[str] = field(default_factory=lambda: ["unit_edit_distance", "length_ratio"])
+    metrics: list[str] = field(default_factory=lambda: [  # on every golden, candidate and held-out sample
+        "unit_edit_distance", "length_ratio", "policy_loglik", "dnsmos", "speaker_similarity"])
+    heldout_metrics: list[str] = field(default_factory=lambda: ["asr"])  # on held-out samples only (slow ones)
+    batch_size: int = 64  # samples per scoring call
+    asr_model: str = ""  # a local Whisper-style checkpoint directory (transformers); empty: pocketsphinx's English model
+    speechbertscore_model: str = ""  # a local HuBERT / WavLM directory (transformers) for the speechbertscore metric
+    speechbertscore_layer: int = -1  # hidden layer whose features are compared (-1: the last)
+    nisqa_weights: str = ""  # NISQA v2.0 weights (nisqa.tar) for the nisqa metric
 
 
 @dataclass
 class PairsConfig:
-    criterion: str = "golden_vs_synthetic"
+    criterion: str = "golden_vs_synthetic"  # golden_vs_synthetic | unanimous | single:<metric>
+    metrics: list[str] = field(default_factory=lambda: [  # unanimous: chosen must beat rejected on every one
+        "dnsmos_ovrl", "speaker_similarity", "unit_edit_distance"])
+    margins: list[str] = field(default_factory=list)  # "metric=margin": by how much it must win (default 0: strictly)
+    include_golden: bool = False  # unanimous / single: the golden sample competes as one more candidate
     max_pairs_per_prompt: int = 0  # 0: no cap
+
+
+@dataclass
+class GuardConfig:
+    """The collapse guard and the promotion gate (tasks/guard.py)."""
+
+    action: str = "warn"  # when a round is flagged: warn | stop (the campaign) | refuse_promotion
+    accuracy_limit: float = 0.95  # DPO reward accuracy at or above this is saturated
+    margin_limit: float = 1.0  # DPO reward margin at or above this is inflated
+    tolerances: list[str] = field(default_factory=lambda: [  # "metric=tolerance": how far a held-out metric may get worse
+        "unit_edit_distance=0.02", "golden_nll=0.05", "policy_loglik=0.05", "dnsmos_ovrl=0.1", "dnsmos_sig=0.1",
+        "dnsmos_bak=0.1", "speaker_similarity=0.02", "asr_cer=0.05", "asr_wer=0.05", "finished_rate=0.05"])
+    default_tolerance: float = 0.05  # relative (5% of the reference value) for held-out metrics not listed
+    champion_alias: str = "champion"  # MLflow alias of the best model so far; empty: never promote
 
 
 @dataclass
@@ -156,6 +181,7 @@ class Config:
     generate: GenerateConfig = field(default_factory=GenerateConfig)
     score: ScoreConfig = field(default_factory=ScoreConfig)
     pairs: PairsConfig = field(default_factory=PairsConfig)
+    guard: GuardConfig = field(default_factory=GuardConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
@@ -215,7 +241,23 @@ CHOICES = {  # knobs with a fixed set of values, checked when the config is load
     ("codec", "acoustic"): ("model", "layer1_only"),
     ("train", "precision"): ("auto", "bf16", "fp32"),
     ("train", "train_embeddings"): ("auto", "true", "false"),
+    ("guard", "action"): ("warn", "stop", "refuse_promotion"),
 }
+
+
+def named_numbers(entries: list[str], knob: str) -> dict[str, float]:
+    """["dnsmos_ovrl=0.1", ...] -> {"dnsmos_ovrl": 0.1}; each number >= 0."""
+    out = {}
+    for entry in entries:
+        name, _, value = entry.partition("=")
+        try:
+            number = float(value)
+        except ValueError:
+            number = -1.0
+        if not name.strip() or number < 0:
+            raise ValueError(f"{knob} entry {entry!r} is not metric=number with a number >= 0, e.g. dnsmos_ovrl=0.1")
+        out[name.strip()] = number
+    return out
 
 
 def validate(config: Config, source: str) -> Config:
@@ -223,14 +265,16 @@ def validate(config: Config, source: str) -> Config:
         value = getattr(getattr(config, section), key)
         if value not in allowed:
             raise ConfigError(f"{source}: {section}.{key} = {value!r}; it can be {', '.join(map(repr, allowed))}")
-    from speechalign.tasks.pairs import CRITERIA  # noqa: PLC0415 - criteria live with the pairs stage
-
-    if config.pairs.criterion not in CRITERIA:
-        raise ConfigError(f"{source}: pairs.criterion = {config.pairs.criterion!r}; it can be {', '.join(CRITERIA)}")
+    from speechalign.tasks.pairs import check_criterion  # noqa: PLC0415 - criteria live with the pairs stage
+    try:
+        check_criterion(config)
+        named_numbers(config.guard.tolerances, "guard.tolerances")
+    except ValueError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
     return config
 
 
-def from_dict(data: dict, base: Config | None = None, source: str = "config") -> Config:
+def from_dict(data: dict, base: Config | None = None, source: str = "config", check: bool = True) -> Config:
     """Overlay `data` ({section: {key: value}}) on `base` (default: the demo defaults), checking names and types."""
     config = base if base is not None else Config()
     for section, values in data.items():
@@ -242,7 +286,7 @@ def from_dict(data: dict, base: Config | None = None, source: str = "config") ->
             if key not in known:
                 raise ConfigError(f"{source}: unknown key {section}.{key}; [{section}] has {', '.join(known)}")
             setattr(target, key, _coerce(value, known[key], f"{source}: {section}.{key}"))
-    return validate(config, source)
+    return validate(config, source) if check else config
 
 
 def _sections() -> list[str]:
@@ -303,8 +347,9 @@ def load_config(path: Path | None = None, overrides: list[str] | None = None, wo
             value = tomllib.loads(f"v = {raw}")["v"]
         except tomllib.TOMLDecodeError:
             value = raw
-        config = from_dict({section: {key: value}}, config, f"--set {item}")
-    return config
+        config = from_dict({section: {key: value}}, config, f"--set {item}", check=False)
+    # knobs that depend on each other (a criterion and the metrics it ranks by) are checked once all are set
+    return validate(config, "--set " + " ".join(overrides)) if overrides else config
 
 
 def _read(path: Path) -> dict:

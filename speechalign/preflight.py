@@ -1,5 +1,5 @@
-"""Checks that run before any work: a wrong database URL or MLflow URI fails in seconds, with a
-message that says what to fix, instead of after an hour of generation."""
+"""Checks that run before any work: a wrong database URL, MLflow URI or metric model path fails in
+seconds, with a message that says what to fix, instead of after an hour of generation."""
 
 from __future__ import annotations
 
@@ -46,6 +46,23 @@ def check_mlflow(uri: str) -> None:
             "(sqlite:///path/mlflow.db, postgresql://...) or an MLflow server (http://host:5000)")
 
 
+WEIGHTS_BY_PATH = {"nisqa": "nisqa_weights", "speechbertscore": "speechbertscore_model", "asr": "asr_model"}
+
+
+def check_metric_models(cfg: Config) -> None:
+    """Load the metric plug-ins whose models the user gives by path (once; rounds reuse them)."""
+    from speechalign.models.metrics import MetricUnavailable, get_metric  # noqa: PLC0415 - loads torch models
+
+    for name in dict.fromkeys(cfg.score.metrics + cfg.score.heldout_metrics):
+        knob = WEIGHTS_BY_PATH.get(name)
+        if knob is None or (name == "asr" and not cfg.score.asr_model):  # pocketsphinx ships its model
+            continue
+        try:
+            get_metric(name, cfg.score)
+        except MetricUnavailable as exc:
+            raise PreflightError(f"metric {name}: {exc}") from exc
+
+
 def prepare(cfg: Config, mlflow_too: bool = True) -> None:
     """Reach the store (and MLflow), and bring the store's schema to the newest migration."""
     url = cfg.store_url
@@ -57,6 +74,7 @@ def prepare(cfg: Config, mlflow_too: bool = True) -> None:
         raise PreflightError(str(exc)) from exc
     if mlflow_too:
         check_mlflow(cfg.tracking_uri)
+        check_metric_models(cfg)
     if cfg.store.auto_migrate:
         migrate.upgrade(url)
     elif migrate.current_revision(url) != migrate.head_revision(url):

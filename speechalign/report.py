@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import statistics
+
 from speechalign.config import Config
 from speechalign.preference_store.store import redact
 from speechalign.tasks.stage import open_store
@@ -10,6 +12,7 @@ COLUMNS = [  # (header, key, format)
     ("round", "round", "{}"),
     ("status", "status", "{}"),
     ("pairs", "pairs", "{}"),
+    ("yield", "pair_yield", "{:.3f}"),
     ("dpo acc", "dpo/rewards/accuracies", "{:.3f}"),
     ("dpo margin", "dpo/rewards/margins", "{:.3f}"),
     ("logp chosen", "dpo/logps/chosen", "{:.1f}"),
@@ -17,6 +20,11 @@ COLUMNS = [  # (header, key, format)
     ("golden NLL", "heldout/golden_nll", "{:.3f}"),
     ("len ratio", "heldout/length_ratio", "{:.3f}"),
     ("finished", "heldout/finished_rate", "{:.2f}"),
+    ("OVRL", "heldout/dnsmos_ovrl", "{:.3f}"),
+    ("spk sim", "heldout/speaker_similarity", "{:.3f}"),
+    ("CER", "heldout/asr_cer", "{:.3f}"),
+    ("guard", "guard", "{}"),
+    ("promotion", "promotion", "{}"),
     ("version", "mlflow_version", "{}"),
     ("minutes", "minutes", "{:.1f}"),
 ]
@@ -35,6 +43,8 @@ def campaign_report(cfg: Config) -> dict:
         row: dict = {
             "round": rnd.number, "status": rnd.status, "policy": rnd.policy_out or rnd.policy_in,
             "pairs": results.get("pairs", {}).get("pairs"),
+            "pair_yield": results.get("pairs", {}).get("pair_yield"),
+            **{kind: d.verdict for kind, d in store.decisions(rnd.id).items()},
             "mlflow_run_id": rnd.mlflow_run_id, "mlflow_version": checkpoint.mlflow_version if checkpoint else None,
             "parent_version": checkpoint.parent_version if checkpoint else None,
             "minutes": sum(st.seconds or 0.0 for st in stages.values()) / 60,
@@ -84,3 +94,55 @@ def format_markdown(report: dict, number: int) -> str:
     lines += ["", f"Registered model `{report['registered_model']}`" +
               (f", version {row['mlflow_version']} (parent {row['parent_version']})." if row["mlflow_version"] else ".")]
     return "\n".join(lines)
+
+
+def ablation_report(cfg: Config, campaigns: list[str]) -> dict:
+    """Per campaign of an ablation: its criterion, its last completed round's held-out figures, its pairs,
+    pair yield and guard/promotion decisions; plus the base model's row (round 0)."""
+    from speechalign.tasks.guard import heldout_directions  # noqa: PLC0415
+
+    store = open_store(cfg)
+    rows, base = [], None
+    for name in campaigns:
+        campaign = store.campaign(name)
+        if campaign is None:
+            rows.append({"campaign": name, "criterion": None, "rounds": 0})
+            continue
+        done = [r for r in store.rounds(campaign.id) if r.status == "completed"]
+        heldout = lambda rnd: {k: v for k, v in (store.stages(rnd.id)["evaluate"].result or {}).items()  # noqa: E731
+                               if k.startswith("heldout/")}
+        if base is None and done and done[0].number == 0:
+            base = {"campaign": "base model (round 0)", "criterion": "-", "rounds": 0, **heldout(done[0])}
+        aligned = [r for r in done if r.number > 0]
+        pairs = [store.stages(r.id)["pairs"].result or {} for r in aligned]
+        decisions = [store.decisions(r.id) for r in aligned]
+        rows.append({
+            "campaign": name, "criterion": campaign.config.get("pairs", {}).get("criterion"), "rounds": len(aligned),
+            **(heldout(aligned[-1]) if aligned else {}),
+            "pairs": sum(p.get("pairs", 0) for p in pairs),
+            "pair_yield": statistics.fmean(p["pair_yield"] for p in pairs) if pairs and all("pair_yield" in p for p in pairs)
+            else None,
+            "guard_flags": sum(d.get("guard") is not None and d["guard"].verdict == "flagged" for d in decisions),
+            "promoted": sum(d.get("promotion") is not None and d["promotion"].verdict == "promoted" for d in decisions),
+        })
+    metrics = sorted({k for r in rows + [base or {}] for k in r if k.startswith("heldout/")})
+    return {"rows": ([base] if base else []) + rows, "metrics": metrics, "directions": heldout_directions(cfg)}
+
+
+def format_ablation(report: dict) -> str:
+    """GenSR-Pref's Table 3 layout: one row per criterion (and the base model), a column per held-out metric."""
+    arrows = {True: " ^", False: " v"}
+    headers = ["criterion", "rounds"] + [m.removeprefix("heldout/") + arrows.get(
+        report["directions"].get(m.removeprefix("heldout/")), "") for m in report["metrics"]]
+    headers += ["pairs", "yield", "flags", "promoted"]
+    cells = [headers]
+    for r in report["rows"]:
+        cells.append([str(r.get("criterion") or r["campaign"]), str(r["rounds"])]
+                     + [f"{r[m]:.4f}" if r.get(m) is not None else "-" for m in report["metrics"]]
+                     + [str(r.get("pairs", "-")), f"{r['pair_yield']:.3f}" if r.get("pair_yield") is not None else "-",
+                        str(r.get("guard_flags", "-")), str(r.get("promoted", "-"))])
+    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(["held-out metrics of each criterion's last round (^ higher is better, v lower is better)",
+                      *lines])

@@ -45,7 +45,7 @@ def evaluate_policy(cfg: Config, round_id: int, policy: str) -> dict:
                 for i, ((p, k), out) in enumerate(zip(batch, outputs))
             ])
     decoded = decode_samples(cfg, round_id, ("heldout",))
-    result = score_samples(cfg, round_id, ("heldout",))
+    result = score_samples(cfg, round_id, ("heldout",), policy)
     samples = store.samples(round_id, "heldout")
     heldout = {f"heldout/{k.removeprefix('mean/')}": v for k, v in result.items() if k.startswith("mean/")}
     heldout["heldout/finished_rate"] = sum(s.finished for s in samples) / max(1, len(samples))

@@ -25,7 +25,7 @@ from speechalign.tasks.import_corpus import safe_name
 from speechalign.tasks.stage import fault_point, open_store
 from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
-LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate")
+LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate", "guard")
 PIP_REQUIREMENTS = ["torch", "transformers", "peft", "tokenizers", "speechalign"]
 AUDIO_PROMPTS = 3  # held-out prompts whose audio each round logs, the same ones every round
 
@@ -38,6 +38,15 @@ def round_params(cfg: Config) -> list[Param]:
 
 def heldout_metrics(result: dict) -> dict[str, float]:
     return {k: float(v) for k, v in result.items() if k.startswith("heldout/")}
+
+
+def round_figures(stages: dict) -> dict[str, float]:
+    """Pairs kept, pair yield, candidate diversity and whether the collapse guard flagged the round."""
+    pairs, guard = stages["pairs"], stages.get("guard", {})
+    figures = {"pairs": pairs["pairs"], "pairs/yield": pairs.get("pair_yield"),
+               "pairs/candidate_diversity": pairs.get("candidate_diversity"),
+               "guard/flagged": float(guard["flagged"]) if "flagged" in guard else None}
+    return {k: float(v) for k, v in figures.items() if v is not None}
 
 
 def log_audio_samples(cfg: Config, client, run_id: str, round_id: int, artifact_path: str) -> int:
@@ -91,10 +100,10 @@ def register_round(cfg: Config, round_id: int) -> dict:
         metrics = [Metric(f"dpo/{k}", float(v), now, h["step"]) for h in train["history"] for k, v in h.items()
                    if k != "step"]
         metrics += [Metric(k, v, now, rnd.number) for k, v in heldout.items()]
-        metrics += [Metric("pairs", float(stages["pairs"]["pairs"]), now, rnd.number)]
+        metrics += [Metric(k, v, now, rnd.number) for k, v in round_figures(stages).items()]
         metrics += [Metric(f"time/{name}_s", float(s), now, rnd.number) for name, s in timings.items()]
         c.log_batch(run_id, metrics=metrics, params=round_params(cfg))
-        summary = {**heldout, "pairs": float(stages["pairs"]["pairs"]),
+        summary = {**heldout, **round_figures(stages),
                    **{f"dpo_final/{k}": float(v) for k, v in train["final"].items()}}
         c.log_batch(parent, metrics=[Metric(k, v, now, rnd.number) for k, v in summary.items()])
     if not c.list_artifacts(run_id, "adapter"):

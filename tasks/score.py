@@ -1,7 +1,10 @@
-"""Score: every configured metric on every sample of a round, each (sample, metric) once.
+"""Score: every configured metric plug-in on every sample of a round, each (sample, value) once.
 
-A metric that fails on one sample records the failure for that sample (value NULL, with the
-error) and scoring goes on; a resumed stage scores only what is missing.
+Held-out samples also get score.heldout_metrics (ASR by default: pocketsphinx runs at about 0.6x
+real time on one core, too slow for every candidate of a round). A plug-in that fails on one sample records the failure for that sample (value NULL, with the error)
+and scoring goes on; a resumed stage scores only what is missing. Plug-ins that need the policy
+(policy_loglik) score with the policy that made the samples: the round's input policy for candidates
+and golden, the evaluated policy for held-out samples.
 """
 
 from __future__ import annotations
@@ -12,51 +15,59 @@ from speechalign.config import Config
 from speechalign.models.metrics import ScoreItem, get_metric
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore
+from speechalign.tasks.progress import StageProgress
 from speechalign.tasks.stage import log, open_store
 
-BATCH = 64
 
-
-def score_samples(cfg: Config, round_id: int, kinds: tuple[str, ...]) -> dict:
+def score_samples(cfg: Config, round_id: int, kinds: tuple[str, ...], policy: str | None = None) -> dict:
     store = open_store(cfg)
+    policy = policy or store.round(round_id).policy_in
     samples = [s for s in store.samples(round_id) if s.kind in kinds]
     prompts = {p.id: p for p in store.prompts()}
     have = store.scores(round_id)
     failures = 0
-    for name in cfg.score.metrics:
-        metric = get_metric(name)
-        todo = [s for s in samples if name not in have.get(s.id, {})]
-        for start in range(0, len(todo), BATCH):
-            batch = todo[start:start + BATCH]
-            items = [as_item(s, prompts[s.prompt_id]) for s in batch]
-            rows = score_batch(metric, batch, items)
+    size = max(1, cfg.score.batch_size)
+    names = cfg.score.metrics + [m for m in cfg.score.heldout_metrics if m not in cfg.score.metrics] \
+        if kinds == ("heldout",) else cfg.score.metrics
+    for name in names:
+        metric = get_metric(name, cfg.score, policy)
+        todo = [s for s in samples if not metric.outputs.keys() <= have.get(s.id, {}).keys()]
+        progress = StageProgress("score", f"score: {name} on {len(todo)} samples")
+        for start in range(0, len(todo), size):
+            batch = todo[start:start + size]
+            rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id]) for s in batch])
             failures += sum(r["error"] is not None for r in rows)
             store.add_scores(rows)
+            progress.update(start + len(batch), len(todo))
     return {"samples": len(samples), "failures": failures, **summary(store, round_id, kinds)}
 
 
 def as_item(sample: Sample, prompt) -> ScoreItem:
     return ScoreItem(tokens=sample.tokens, golden_tokens=prompt.golden_tokens[0], text=prompt.text,
-                     audio_path=sample.audio_path, golden_audio_path=prompt.golden_audio_path)
+                     audio_path=sample.audio_path, golden_audio_path=prompt.golden_audio_path, speaker=prompt.speaker)
 
 
 def score_batch(metric, samples: list[Sample], items: list[ScoreItem]) -> list[dict]:
     """Score a batch; if the batch fails, score item by item so one bad sample costs only itself."""
     try:
-        values = metric.score(items)
-        return [{"sample_id": s.id, "metric": metric.name, "value": float(v), "error": None}
-                for s, v in zip(samples, values)]
+        return [row for s, values in zip(samples, metric.score(items), strict=True) for row in rows_for(metric, s, values)]
     except Exception:  # noqa: BLE001 - isolate the failing items below
         rows = []
         for s, item in zip(samples, items):
             try:
-                rows.append({"sample_id": s.id, "metric": metric.name, "value": float(metric.score([item])[0]),
-                             "error": None})
+                rows += rows_for(metric, s, metric.score([item])[0])
             except Exception as exc:  # noqa: BLE001
                 log.warning("metric %s failed on sample %s: %s", metric.name, s.id, exc)
-                rows.append({"sample_id": s.id, "metric": metric.name, "value": None,
-                             "error": f"{exc.__class__.__name__}: {exc}"})
+                rows += [{"sample_id": s.id, "metric": out, "value": None, "error": f"{exc.__class__.__name__}: {exc}"}
+                         for out in metric.outputs]
         return rows
+
+
+def rows_for(metric, sample: Sample, values: dict[str, float]) -> list[dict]:
+    missing = metric.outputs.keys() - values.keys()
+    if missing:
+        raise RuntimeError(f"metric {metric.name} returned no {', '.join(sorted(missing))}")
+    return [{"sample_id": sample.id, "metric": out, "value": float(values[out]), "error": None} for out in metric.outputs]
 
 
 def summary(store: PreferenceStore, round_id: int, kinds: tuple[str, ...]) -> dict:

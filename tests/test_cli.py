@@ -41,3 +41,12 @@ def test_missing_manifest_is_named(tmp_path, capsys):
 def test_report_json_of_an_empty_workdir(tmp_path, capsys):
     assert main(["report", "--workdir", str(tmp_path), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["rounds"] == []
+
+
+def test_a_metric_without_its_weights_fails_before_any_work(tmp_path, capsys):
+    code = main(["round", "--workdir", str(tmp_path), "--set", "score.heldout_metrics=asr,nisqa"])
+    err = capsys.readouterr().err
+    assert code == 2 and "metric nisqa: nisqa needs its weights" in err and "[score] nisqa_weights" in err
+    code = main(["round", "--workdir", str(tmp_path), "--set", f'score.asr_model="{tmp_path / "whisper-small"}"'])
+    assert code == 2 and "[score] asr_model" in capsys.readouterr().err
+    assert not (tmp_path / "campaigns").exists()

@@ -79,7 +79,7 @@ def test_generation_is_seeded_and_yields_only_units():
 
 
 def test_golden_nll_is_the_token_weighted_mean_of_each_items_loss():
-    from speechalign.models.likelihood import golden_nll
+    from speechalign.models.likelihood import golden_nll, sequence_nll
 
     tok = build_demo_tokenizer(32, [])
     lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "speaker_in_prompt": False})
@@ -95,3 +95,5 @@ def test_golden_nll_is_the_token_weighted_mean_of_each_items_loss():
     assert golden_nll(lm, items, batch_size=2) == pytest.approx(expected, rel=1e-5)  # padded batch
     assert golden_nll(lm, items, batch_size=1) == pytest.approx(expected, rel=1e-5)
     assert expected > 0 and per_item[0][0] != pytest.approx(per_item[1][0])
+    # the policy_loglik metric's per-sequence figure is each item's own mean loss, padded or not
+    assert sequence_nll(lm, items, batch_size=2) == pytest.approx([loss for loss, _ in per_item], rel=1e-5)

@@ -11,13 +11,14 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from speechalign.flows.round import alignment_round, baseline
+from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Score
 from speechalign.tasks.stage import FAULT_ENV, open_store
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
-STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "register"]
+STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
 FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end", "evaluate:end",
-          "register:mid", "register:end"]
+          "register:mid", "register:end", "promote:end"]
 
 
 def kill_round_at(cfg, fault: str) -> None:
@@ -67,7 +68,8 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     assert all(s.audio_path and os.path.isfile(s.audio_path) for s in samples)  # every sample has its WAV
     assert all(s.audio_path == decoded[s.id] for s in samples if s.id in decoded)  # decoded once, kept
     round0 = store.samples(store.rounds(campaign.id)[0].id)
-    assert store.count(Score) == 2 * (len(round0) + len(samples))  # two metrics per sample, round 0's too
+    values, extra = (len(value_directions(m)) for m in (cfg.score.metrics, cfg.score.heldout_metrics))
+    assert store.count(Score) == values * (len(round0) + len(samples)) + extra * (len(round0) + 10)
     pairs = store.pairs(killed.id)
     assert len(pairs) == len({(p.chosen_sample_id, p.rejected_sample_id) for p in pairs}) > 0
 

@@ -11,8 +11,10 @@ from mlflow.tracking import MlflowClient
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.round import alignment_round
 from speechalign.models.codec_lm import load_codec_lm
+from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Pair, Sample, Score
 from speechalign.report import campaign_report
+from speechalign.tasks.guard import regressions
 from speechalign.tasks.stage import open_store
 
 
@@ -53,7 +55,9 @@ def test_one_round_campaign(bootstrapped):
     assert c["golden"] == 19 and c["candidate"] == 19 * 2 and c["heldout"] == 5 * 2
     assert c["pairs"] == sum(1 for p in store.pairs(first.id))
     assert 0 < c["pairs"] <= 19 * 2
-    assert store.count(Score) == 2 * (counts(store, base.id)["heldout"] + 19 + 38 + 10)  # two metrics each
+    values, extra = (len(value_directions(m)) for m in (cfg.score.metrics, cfg.score.heldout_metrics))
+    heldout = counts(store, base.id)["heldout"] + 10  # rounds 0 and 1: ASR on these only
+    assert store.count(Score) == values * (counts(store, base.id)["heldout"] + 19 + 38 + 10) + extra * heldout
     assert all(p.criterion == "golden_vs_synthetic" and p.source == "auto" for p in store.pairs(first.id))
     for sample in store.samples(first.id) + store.samples(base.id):  # every sample decoded to a 16 kHz WAV
         info = sf.info(sample.audio_path)
@@ -80,6 +84,20 @@ def test_one_round_campaign(bootstrapped):
     assert files == ["1_recording.wav", "2_golden_tokens.wav", "3_round_1.wav", "text.txt"]
     assert len(client.list_artifacts(campaign.mlflow_parent_run_id, "audio/round-0")) == 3
     assert result["version"] == "1" and store.checkpoint(first.id).mlflow_version == "1"
+
+    # the guard and the gate decided, with reasons, in the store and on the run; the alias follows the gate
+    decisions = store.decisions(first.id)
+    assert decisions["guard"].verdict in ("ok", "flagged") and "dpo" in decisions["guard"].details
+    regressed = regressions(cfg, store.stages(first.id)["evaluate"].result, store.stages(base.id)["evaluate"].result, "")
+    gate = decisions["promotion"]
+    assert gate.verdict == ("refused" if regressed else "promoted") and len(gate.reasons) == len(regressed)
+    assert run.data.tags["speechalign.promotion"] == gate.verdict and "speechalign.guard.reasons" in run.data.tags
+    aliases = client.get_registered_model(cfg.registered_model).aliases
+    assert aliases == ({"champion": 1} if gate.verdict == "promoted" else {})
+    assert store.checkpoint(first.id).promoted == (gate.verdict == "promoted")
+    assert 0 < run.data.metrics["pairs/yield"] <= 1 and "pairs/candidate_diversity" in run.data.metrics
+    assert {"heldout/dnsmos_ovrl", "heldout/speaker_similarity", "heldout/asr_cer", "heldout/policy_loglik"} <= \
+        run.data.metrics.keys()
 
     policy, base_lm = load_codec_lm(first.policy_out), load_codec_lm(campaign.base_model_path)
     enc = policy.tokenizer([policy.prompt("Bring the red box.", "en-us+m3")], return_tensors="pt",
@@ -141,3 +159,22 @@ def test_a_second_trigger_while_a_round_runs_is_refused(bootstrapped, capsys):
         assert main(["round", "--workdir", str(cfg.workdir)]) == 3  # the CLI says so and exits 3
         assert "speechalign: busy: campaign" in capsys.readouterr().err
     assert store.rounds(campaign.id) == []  # the refused trigger started nothing
+
+
+def test_a_campaign_the_guard_stopped_refuses_new_rounds(bootstrapped, capsys):
+    from speechalign.cli import main
+    from speechalign.flows.common import ensure_campaign
+    from speechalign.flows.round import CampaignStopped
+
+    cfg = bootstrapped
+    store = open_store(cfg)
+    campaign = ensure_campaign(cfg)
+    for number in (0, 1):  # a campaign whose round 1 the guard flagged
+        rnd = store.open_round(campaign.id, number, campaign.base_model_path)
+        store.finish_round(rnd.id, "completed", policy_out=campaign.base_model_path)
+    store.add_decision(rnd.id, "guard", "flagged", ["DPO collapse: reward accuracy 0.990"], {})
+    with pytest.raises(CampaignStopped, match="stopped campaign .* after round 1: DPO collapse"):
+        alignment_round(str(cfg.workdir), overrides=["guard.action=stop"])
+    assert main(["round", "--workdir", str(cfg.workdir), "--set", "guard.action=stop"]) == 4
+    assert "--set guard.action=warn" in capsys.readouterr().err
+    assert [r.number for r in store.rounds(campaign.id)] == [0, 1]  # nothing started

@@ -1,14 +1,17 @@
-"""Metrics are plug-ins with one interface: a name, which way is better, and a batched `score`.
+"""Metrics are plug-ins with one interface: a name, the values it produces (each with the way that is
+better) and a batched `score`.
 
-A metric scores a batch of `ScoreItem`s (a sample with its prompt's golden reference) and returns
-one value per item. Models a metric needs are loaded once per worker (`get_metric` caches).
-Register a new metric by adding it to `METRICS`.
+A plug-in scores a batch of `ScoreItem`s (a sample with its prompt's golden reference) and returns one
+dict of values per item: `{"dnsmos_sig": 3.1, "dnsmos_bak": 3.9, "dnsmos_ovrl": 2.7}`. Each value is a
+row of the store's `scores` table, so criteria and reports name values, not plug-ins. Models a plug-in
+needs are loaded once per worker (`get_metric` caches instances by name and options). Register a new
+plug-in in `_registry`; its constructor takes the campaign's `[score]` section and the round's policy.
 """
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import Protocol
 
 
@@ -17,30 +20,64 @@ class ScoreItem:
     tokens: list[int]  # the sample's layer-1 units
     golden_tokens: list[int]  # the recording's layer-1 units
     text: str
-    audio_path: str | None = None
-    golden_audio_path: str | None = None
+    audio_path: str | None = None  # the sample decoded (tasks/decode.py)
+    golden_audio_path: str | None = None  # the real recording
+    speaker: str | None = None
 
 
 class Metric(Protocol):
-    name: str
-    higher_is_better: bool | None  # None: reported only, never used to rank samples
+    name: str  # the plug-in's name in [score] metrics
+    outputs: dict[str, bool | None]  # value name -> higher is better (None: reported only, never ranks samples)
 
-    def score(self, items: list[ScoreItem]) -> list[float]: ...
+    def score(self, items: list[ScoreItem]) -> list[dict[str, float]]: ...
+
+
+class MetricUnavailable(RuntimeError):
+    """A plug-in cannot run here (weights not given, model missing): the message says where they go."""
 
 
 def _registry() -> dict[str, type]:
-    from speechalign.models.metrics.tokens import LengthRatio, UnitEditDistance
+    from speechalign.models.metrics.asr import AsrErrorRate
+    from speechalign.models.metrics.dnsmos import Dnsmos
+    from speechalign.models.metrics.reference_models import Nisqa, SpeechBertScore
+    from speechalign.models.metrics.speaker import SpeakerSimilarity
+    from speechalign.models.metrics.tokens import LengthRatio, PolicyLogLik, UnitEditDistance
 
-    return {m.name: m for m in (UnitEditDistance, LengthRatio)}
+    return {m.name: m for m in (UnitEditDistance, LengthRatio, PolicyLogLik, Dnsmos, SpeakerSimilarity,
+                                AsrErrorRate, SpeechBertScore, Nisqa)}
 
 
 def metric_names() -> list[str]:
     return sorted(_registry())
 
 
-@lru_cache(maxsize=None)
-def get_metric(name: str) -> Metric:
+def value_directions(names: list[str], options=None) -> dict[str, bool | None]:
+    """Every value the named plug-ins produce, with its direction, without loading any model."""
     registry = _registry()
+    out: dict[str, bool | None] = {}
+    for name in names:
+        _check(name, registry)
+        out.update(registry[name].outputs)
+    return out
+
+
+def _check(name: str, registry: dict) -> None:
     if name not in registry:
         raise ValueError(f"unknown metric {name!r}; [score] metrics can be {', '.join(sorted(registry))}")
-    return registry[name]()
+
+
+_CACHE: dict[tuple, Metric] = {}
+
+
+def get_metric(name: str, options=None, policy: str | None = None) -> Metric:
+    """The plug-in `name`, built once per (options, policy) in this process. `options` is the
+    campaign's ScoreConfig (None: the defaults)."""
+    from speechalign.config import ScoreConfig  # noqa: PLC0415 - config imports criteria, which import this
+
+    registry = _registry()
+    _check(name, registry)
+    options = options if options is not None else ScoreConfig()
+    key = (name, json.dumps(vars(options), sort_keys=True, default=str), policy)
+    if key not in _CACHE:
+        _CACHE[key] = registry[name](options, policy)
+    return _CACHE[key]

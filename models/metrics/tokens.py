@@ -1,10 +1,11 @@
-"""Token-level metrics: how far a sample's units are from the golden units of the recording."""
+"""Token-level metrics: how far a sample's units are from the golden units of the recording, and how
+likely the round's policy finds the sample's units."""
 
 from __future__ import annotations
 
 from rapidfuzz.distance import Levenshtein
 
-from speechalign.models.metrics import ScoreItem
+from speechalign.models.metrics import MetricUnavailable, ScoreItem
 
 
 class UnitEditDistance:
@@ -12,18 +13,47 @@ class UnitEditDistance:
     rate: 0 is identical, and it exceeds 1 when the sample is much longer than the golden)."""
 
     name = "unit_edit_distance"
-    higher_is_better = False
+    outputs = {"unit_edit_distance": False}
 
-    def score(self, items: list[ScoreItem]) -> list[float]:
-        return [Levenshtein.distance(i.tokens, i.golden_tokens) / max(1, len(i.golden_tokens)) for i in items]
+    def __init__(self, options=None, policy: str | None = None) -> None:
+        pass
+
+    def score(self, items: list[ScoreItem]) -> list[dict[str, float]]:
+        return [{self.name: Levenshtein.distance(i.tokens, i.golden_tokens) / max(1, len(i.golden_tokens))}
+                for i in items]
 
 
 class LengthRatio:
     """Sample length over golden length. 1.0 is right; neither more nor less is better, so it is
-    reported but cannot rank samples (higher_is_better is None)."""
+    reported but cannot rank samples."""
 
     name = "length_ratio"
-    higher_is_better = None
+    outputs = {"length_ratio": None}
 
-    def score(self, items: list[ScoreItem]) -> list[float]:
-        return [len(i.tokens) / max(1, len(i.golden_tokens)) for i in items]
+    def __init__(self, options=None, policy: str | None = None) -> None:
+        pass
+
+    def score(self, items: list[ScoreItem]) -> list[dict[str, float]]:
+        return [{self.name: len(i.tokens) / max(1, len(i.golden_tokens))} for i in items]
+
+
+class PolicyLogLik:
+    """The round's policy's mean log-probability per token of the sample's units (teacher-forced,
+    given the sample's prompt). On the golden sample it is the policy's log-likelihood of the golden
+    tokens; DPO that pushes everything down shows here."""
+
+    name = "policy_loglik"
+    outputs = {"policy_loglik": True}
+
+    def __init__(self, options=None, policy: str | None = None) -> None:
+        if not policy:
+            raise MetricUnavailable("policy_loglik needs the round's policy; it is scored inside a round")
+        from speechalign.models.codec_lm import load_codec_lm  # noqa: PLC0415 - torch model, load lazily
+
+        self.lm = load_codec_lm(policy)
+
+    def score(self, items: list[ScoreItem]) -> list[dict[str, float]]:
+        from speechalign.models.likelihood import sequence_nll  # noqa: PLC0415
+
+        nll = sequence_nll(self.lm, [(self.lm.prompt(i.text, i.speaker), i.tokens) for i in items])
+        return [{self.name: -v} for v in nll]

@@ -1,0 +1,41 @@
+"""`speechalign ablate`: the same campaign under two criteria from one base model, and its table."""
+
+import json
+
+import pytest
+
+from speechalign.cli import main
+from speechalign.tasks.stage import open_store
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrapped, capsys):
+    cfg = bootstrapped
+    args = ["ablate", "--workdir", str(cfg.workdir), "--criteria", "golden_vs_synthetic,single:dnsmos_ovrl",
+            "--rounds", "1"]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    lines = out.splitlines()
+    assert lines[0].startswith("held-out metrics of each criterion's last round")
+    header = lines[1].split()
+    assert {"dnsmos_ovrl", "unit_edit_distance", "asr_cer", "speaker_similarity"} <= set(header)
+    rows = {line.split()[0]: line.split() for line in lines[3:6]}
+    assert set(rows) == {"-", "golden_vs_synthetic", "single:dnsmos_ovrl"}  # "-": the base model's row
+
+    store = open_store(cfg)
+    report = json.loads((cfg.workdir / f"ablation-{cfg.campaign.name}.json").read_text())
+    base, gvs, single = report["rows"]
+    for row, criterion in ((gvs, "golden_vs_synthetic"), (single, "single:dnsmos_ovrl")):
+        campaign = store.campaign(row["campaign"])
+        assert campaign.config["pairs"]["criterion"] == criterion and row["rounds"] == 1
+        assert campaign.base_model_path == store.campaign(gvs["campaign"]).base_model_path
+        [_, first] = store.rounds(campaign.id)
+        assert {p.criterion for p in store.pairs(first.id)} == {criterion}
+        assert row["heldout/unit_edit_distance"] == store.stages(first.id)["evaluate"].result["heldout/unit_edit_distance"]
+        assert 0 < row["pair_yield"] <= 1
+    # the single-metric criterion pairs candidates: the chosen one has the higher DNSMOS OVRL every time
+    campaign = store.campaign(single["campaign"])
+    first = store.rounds(campaign.id)[1]
+    assert all(p.margins["dnsmos_ovrl"] > 0 for p in store.pairs(first.id))
+    assert main(args) == 0  # run again: both campaigns are done, nothing runs, the same table
+    assert capsys.readouterr().out.splitlines()[3:6] == lines[3:6]

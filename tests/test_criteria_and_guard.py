@@ -1,0 +1,104 @@
+"""Pair criteria (unanimous, single:<metric>), the collapse guard's signals and held-out regressions."""
+
+import pytest
+
+from speechalign.config import Config, ConfigError, load_config
+from speechalign.preference_store.schema import Sample
+from speechalign.tasks.guard import collapse_signals, regressions
+from speechalign.tasks.pairs import candidate_diversity, criterion_function, single, unanimous
+
+
+def sample(id, kind="candidate", k=0, tokens=None, prompt=1):
+    return Sample(id=id, prompt_id=prompt, kind=kind, k=k, tokens=tokens or [id, id + 1])
+
+
+def cfg_with(**pairs) -> Config:
+    cfg = Config()
+    for key, value in pairs.items():
+        setattr(cfg.pairs, key, value)
+    return cfg
+
+
+# dnsmos_ovrl: higher is better; unit_edit_distance: lower is better
+SCORES = {
+    1: {"dnsmos_ovrl": 3.0, "unit_edit_distance": 0.2},  # best on both
+    2: {"dnsmos_ovrl": 2.5, "unit_edit_distance": 0.5},  # beaten by 1 on both
+    3: {"dnsmos_ovrl": 3.5, "unit_edit_distance": 0.9},  # better sound, worse content: no unanimous pair with 1, 2
+    4: {"dnsmos_ovrl": None, "unit_edit_distance": 0.1},  # DNSMOS failed on it
+    9: {"dnsmos_ovrl": 2.0, "unit_edit_distance": 0.0},  # golden
+}
+
+
+def test_unanimous_keeps_only_pairs_won_on_every_metric():
+    samples = [sample(i, k=i) for i in (1, 2, 3, 4)] + [sample(9, kind="golden")]
+    cfg = cfg_with(criterion="unanimous", metrics=["dnsmos_ovrl", "unit_edit_distance"])
+    sel = unanimous(samples, SCORES, cfg)
+    assert [(c.id, r.id) for c, r, _ in sel.pairs] == [(1, 2)]
+    assert sel.considered == 6 and sel.skipped_unscored == 3  # C(4, 2); every pair with sample 4 lacks a value
+    assert sel.pairs[0][2] == pytest.approx({"dnsmos_ovrl": 0.5, "unit_edit_distance": -0.3})
+
+    cfg.pairs.margins = ["dnsmos_ovrl=0.6"]  # 1 beats 2 by 0.5 only: not enough
+    assert unanimous(samples, SCORES, cfg).pairs == []
+
+    with_golden = cfg_with(criterion="unanimous", metrics=["unit_edit_distance"], include_golden=True)
+    sel = unanimous(samples, SCORES, with_golden)
+    assert (9, 3) in [(c.id, r.id) for c, r, _ in sel.pairs] and sel.considered == 10  # C(5, 2)
+
+
+def test_single_metric_criterion_and_identical_samples():
+    samples = [sample(1, k=0), sample(2, k=1), sample(3, k=2)]
+    cfg = cfg_with(criterion="single:dnsmos_ovrl")
+    pairs = criterion_function(cfg)(samples, SCORES, cfg).pairs
+    assert sorted((c.id, r.id) for c, r, _ in pairs) == [(1, 2), (3, 1), (3, 2)]
+    twins = [sample(1, tokens=[5, 5]), sample(2, k=1, tokens=[5, 5])]  # same units: no preference
+    assert single("dnsmos_ovrl")(twins, SCORES, cfg).pairs == []
+    assert candidate_diversity(twins) == 0.0 and candidate_diversity(samples) > 0
+
+
+def test_criteria_are_checked_when_the_config_loads():
+    with pytest.raises(ConfigError, match="scored on held-out samples only"):
+        load_config(None, ["pairs.criterion=single:asr_cer"])
+    cfg = load_config(None, ["pairs.criterion=single:asr_cer", "score.metrics=unit_edit_distance,asr"])
+    assert cfg.pairs.criterion == "single:asr_cer"
+    with pytest.raises(ConfigError, match="no \\[score\\] metric produces"):
+        load_config(None, ["pairs.criterion=single:nisqa_mos"])
+    with pytest.raises(ConfigError, match="reported only"):
+        load_config(None, ["pairs.criterion=single:length_ratio"])
+    with pytest.raises(ConfigError, match="it can be golden_vs_synthetic, unanimous, single:<metric>"):
+        load_config(None, ["pairs.criterion=best_of_n"])
+    with pytest.raises(ConfigError, match="pairs.margins entry 'dnsmos_ovrl' is not metric=number"):
+        load_config(None, ["pairs.margins=dnsmos_ovrl"])
+    with pytest.raises(ConfigError, match="unknown metric 'mos'"):
+        load_config(None, ["pairs.criterion=unanimous", "pairs.metrics=dnsmos_ovrl", "score.metrics=mos"])
+    with pytest.raises(ConfigError, match="guard.action"):
+        load_config(None, ["guard.action=panic"])
+
+
+# The end of DPO training in real demo runs (store of `speechalign demo`, round 3): a healthy run at
+# the default learning rate, and one at 2e-4 whose held-out unit edit distance got worse.
+HEALTHY = {"rewards/accuracies": 0.8375, "rewards/margins": 0.119, "rewards/chosen": 0.063, "logps/chosen": -77.2}
+COLLAPSED = {"rewards/accuracies": 0.981, "rewards/margins": 2.067, "rewards/chosen": -0.240, "logps/chosen": -83.9}
+
+
+def test_collapse_needs_saturated_accuracy_inflated_margins_and_a_falling_chosen_side():
+    cfg = Config()
+    assert collapse_signals(cfg, HEALTHY) == []
+    [reason] = collapse_signals(cfg, COLLAPSED)
+    assert "reward accuracy 0.981" in reason and "margin 2.067" in reason
+    assert collapse_signals(cfg, {**COLLAPSED, "rewards/chosen": 0.1}) == []  # chosen still rising: just learning
+    cfg.guard.margin_limit = 3.0
+    assert collapse_signals(cfg, COLLAPSED) == []
+
+
+def test_a_held_out_metric_worse_than_its_tolerance_is_a_regression():
+    cfg = Config()
+    before = {"heldout/unit_edit_distance": 0.660, "heldout/dnsmos_ovrl": 2.50, "heldout/length_ratio": 0.8,
+              "heldout/golden_nll": 2.00}
+    after = {"heldout/unit_edit_distance": 0.704, "heldout/dnsmos_ovrl": 2.45, "heldout/length_ratio": 0.5,
+             "heldout/golden_nll": 2.09}
+    reasons = regressions(cfg, after, before, "round 2")
+    assert len(reasons) == 2  # UED +0.044 > 0.02 and NLL +0.09 > 0.05; OVRL -0.05 within 0.1; length ratio has no side
+    assert reasons[0].startswith("held-out unit_edit_distance 0.7040 vs 0.6600 (round 2)")
+    assert regressions(cfg, before, after, "x") == []  # better is never a regression
+    cfg.guard.tolerances = []  # unlisted metrics: 5% of the reference value
+    assert len(regressions(cfg, after, before, "round 2")) == 1  # UED +6.7% > 5%; NLL +4.5% within
