@@ -3,8 +3,9 @@
 Guard (stage `guard`, after evaluate). GenSR-Pref saw a fixed ground-truth winner collapse the model:
 DPO reward accuracy saturates, reward margins inflate, and the chosen side's likelihood falls while
 quality drops. A round is flagged when, at the end of its DPO training,
-  - rewards/accuracies >= guard.accuracy_limit, and rewards/margins >= guard.margin_limit, and
-    rewards/chosen < 0 (the policy now finds the chosen sequences less likely than its reference did);
+  - rewards/accuracies >= guard.accuracy_limit, and rewards/margins >= guard.margin_limit, and the
+    chosen side falls: rewards/chosen < 0 (the policy finds the chosen sequences less likely than its
+    reference did) or logps/chosen below the previous round's;
   - or a held-out metric got worse than the previous round's by more than its tolerance.
 guard.action decides what a flag does: warn (log it), stop (the campaign stops after this round and
 refuses new rounds until the action is changed), refuse_promotion (the round is never champion).
@@ -47,14 +48,22 @@ def regressions(cfg: Config, current: dict, reference: dict, against: str) -> li
     return reasons
 
 
-def collapse_signals(cfg: Config, final: dict) -> list[str]:
-    """The DPO curve's end shows collapse: all three signals at once, or nothing."""
+def collapse_signals(cfg: Config, final: dict, previous: dict | None = None) -> list[str]:
+    """The DPO curve's end shows collapse: saturated accuracy, inflated margin and a falling chosen side, all
+    at once. The chosen side falls when its reward is below 0 (less likely than under the reference) or its
+    log-probability is below the previous round's (with reference = previous, each round's reference moves)."""
     acc, margin, chosen = (final.get(k) for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen"))
     if acc is None or margin is None or chosen is None:
         return []
-    if acc >= cfg.guard.accuracy_limit and margin >= cfg.guard.margin_limit and chosen < 0:
+    falling = []
+    if chosen < 0:
+        falling.append(f"the chosen side's reward {chosen:.3f} < 0")
+    logp, before = final.get("logps/chosen"), (previous or {}).get("logps/chosen")
+    if logp is not None and before is not None and logp < before:
+        falling.append(f"chosen log-probability {logp:.1f} < {before:.1f} the round before")
+    if acc >= cfg.guard.accuracy_limit and margin >= cfg.guard.margin_limit and falling:
         return [f"DPO collapse: reward accuracy {acc:.3f} >= {cfg.guard.accuracy_limit}, reward margin {margin:.3f} >= "
-                f"{cfg.guard.margin_limit}, and the chosen side's reward {chosen:.3f} < 0 (its likelihood fell)"]
+                f"{cfg.guard.margin_limit}, and {' and '.join(falling)}"]
     return []
 
 
@@ -65,7 +74,8 @@ def guard_round(cfg: Config, round_id: int) -> dict:
     heldout = store.stages(round_id)["evaluate"].result
     previous = [r for r in store.rounds(rnd.campaign_id) if r.number == rnd.number - 1]
     before = store.stages(previous[0].id)["evaluate"].result if previous else {}
-    collapse = collapse_signals(cfg, final)
+    trained_before = store.stages(previous[0].id).get("train") if previous else None
+    collapse = collapse_signals(cfg, final, trained_before.result["final"] if trained_before else None)
     regressed = regressions(cfg, heldout, before, f"round {rnd.number - 1}")
     flagged = bool(collapse or regressed)
     details = {"dpo": {k: final.get(k) for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen",

@@ -86,6 +86,13 @@ def test_collapse_needs_saturated_accuracy_inflated_margins_and_a_falling_chosen
     [reason] = collapse_signals(cfg, COLLAPSED)
     assert "reward accuracy 0.981" in reason and "margin 2.067" in reason
     assert collapse_signals(cfg, {**COLLAPSED, "rewards/chosen": 0.1}) == []  # chosen still rising: just learning
+    # lr 4e-4, round 3 (reference = round 2's policy): the chosen reward stays above 0 within the round, but the
+    # chosen log-probability fell from round to round
+    lr4e4_round3, lr4e4_round2 = {**COLLAPSED, "rewards/chosen": 0.055, "logps/chosen": -78.7}, {"logps/chosen": -73.7}
+    [reason] = collapse_signals(cfg, lr4e4_round3, lr4e4_round2)
+    assert "chosen log-probability -78.7 < -73.7 the round before" in reason
+    assert collapse_signals(cfg, lr4e4_round3, {"logps/chosen": -80.0}) == []
+    assert collapse_signals(cfg, HEALTHY, {"logps/chosen": -70.0}) == []  # falling, but neither saturated nor inflated
     cfg.guard.margin_limit = 3.0
     assert collapse_signals(cfg, COLLAPSED) == []
 
