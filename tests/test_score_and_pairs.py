@@ -60,3 +60,14 @@ def test_golden_vs_synthetic_pairs_golden_against_every_differing_candidate():
     capped = Config()
     capped.pairs.max_pairs_per_prompt = 1
     assert [(c.id, r.id) for c, r, _ in golden_vs_synthetic([golden, same, near, far], scores, capped).pairs] == [(1, 4)]
+
+
+def test_one_instance_per_plugin_is_kept():
+    from speechalign.config import ScoreConfig
+    from speechalign.models.metrics import _CACHE
+
+    a = get_metric("unit_edit_distance", ScoreConfig(), policy="/round-1/policy")
+    assert get_metric("unit_edit_distance", ScoreConfig(), policy="/round-2/policy") is a  # needs no policy
+    other = ScoreConfig(batch_size=8)
+    b = get_metric("unit_edit_distance", other)
+    assert b is not a and sum(k[0] == "unit_edit_distance" for k in _CACHE) == 1  # the old one was let go

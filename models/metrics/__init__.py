@@ -70,14 +70,18 @@ _CACHE: dict[tuple, Metric] = {}
 
 
 def get_metric(name: str, options=None, policy: str | None = None) -> Metric:
-    """The plug-in `name`, built once per (options, policy) in this process. `options` is the
-    campaign's ScoreConfig (None: the defaults)."""
+    """The plug-in `name`, built once in this process and rebuilt only when its options (the campaign's
+    ScoreConfig; None: the defaults) or, for plug-ins that score with the policy, the policy change.
+    Only the latest instance of each plug-in is kept, so a long campaign holds one copy of each model."""
     from speechalign.config import ScoreConfig  # noqa: PLC0415 - config imports criteria, which import this
 
     registry = _registry()
     _check(name, registry)
     options = options if options is not None else ScoreConfig()
-    key = (name, json.dumps(vars(options), sort_keys=True, default=str), policy)
+    uses_policy = getattr(registry[name], "uses_policy", False)
+    key = (name, json.dumps(vars(options), sort_keys=True, default=str), policy if uses_policy else None)
     if key not in _CACHE:
+        for old in [k for k in _CACHE if k[0] == name]:  # one instance per plug-in: models are big, policies change
+            del _CACHE[old]
         _CACHE[key] = registry[name](options, policy)
     return _CACHE[key]

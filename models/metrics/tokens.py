@@ -44,6 +44,7 @@ class PolicyLogLik:
 
     name = "policy_loglik"
     outputs = {"policy_loglik": True}
+    uses_policy = True
 
     def __init__(self, options=None, policy: str | None = None) -> None:
         if not policy:
