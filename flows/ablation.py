@@ -3,7 +3,7 @@
 Each criterion runs as its own campaign, `<campaign.name>-<criterion>`, in the same work directory:
 same corpus, same base model, same seeds, only pairs.criterion differs. Rerunning the ablation
 finishes campaigns that did not complete and skips those that did. The table (speechalign/report.py,
-`ablation_table`) puts every held-out metric of each criterion's last round beside the base model's.
+`ablation_report`) puts every held-out metric of each criterion's last round beside the base model's.
 """
 
 from __future__ import annotations
@@ -15,7 +15,6 @@ from prefect import flow
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.tasks.guard import stopped_by_guard
-from speechalign.tasks.pairs import check_criterion
 from speechalign.tasks.stage import open_store
 
 
@@ -31,12 +30,10 @@ def criterion_overrides(base: str, criterion: str, overrides: list[str] | None) 
 def criterion_ablation(workdir: str, criteria: list[str], rounds: int, config_file: str | None = None,
                        overrides: list[str] | None = None) -> list[str]:
     base = load_flow_config(workdir, config_file, overrides).campaign.name
-    for criterion in criteria:  # every criterion is checked before the first round of any runs
-        check_criterion(load_flow_config(workdir, config_file, criterion_overrides(base, criterion, overrides)))
+    runs = [criterion_overrides(base, criterion, overrides) for criterion in criteria]
+    configs = [load_flow_config(workdir, config_file, extra) for extra in runs]  # each checked before any round runs
     names = []
-    for criterion in criteria:
-        extra = criterion_overrides(base, criterion, overrides)
-        cfg = load_flow_config(workdir, config_file, extra)
+    for extra, cfg in zip(runs, configs):
         campaign = ensure_campaign(cfg)
         done = sum(r.number > 0 and r.status == "completed" for r in open_store(cfg).rounds(campaign.id))
         if done < rounds and not stopped_by_guard(cfg, campaign.id):

@@ -9,12 +9,12 @@ clip at a time here.
 from __future__ import annotations
 
 import math
-from functools import lru_cache
 
 import numpy as np
 import torch
 
 from speechalign.audio import log_mel
+from speechalign.models.metrics import get_metric
 
 SAMPLE_RATE = 16000
 HOP = 160  # 10 ms frames for the spectral distances
@@ -24,33 +24,19 @@ CEPSTRA = 24  # mel-cepstral coefficients 1..24 (c0, the loudness, left out as M
 def dnsmos(wav: np.ndarray) -> dict[str, float]:
     """DNSMOS P.835 (SIG, BAK, OVRL) of a 16 kHz clip: speechmos's values, through the batched scorer
     of the `dnsmos` metric plug-in (models/metrics/dnsmos.py)."""
-    return _dnsmos_scorer().clips([wav])[0]
+    return get_metric("dnsmos").clips([wav])[0]
 
 
 def speaker_embedding(wav: np.ndarray) -> np.ndarray:
     """resemblyzer's embed_utterance of the preprocessed 16 kHz clip (unit length), through the batched
     encoder of the `speaker_similarity` plug-in (models/metrics/speaker.py)."""
-    return _speaker_scorer().embed([wav])[0]
+    return get_metric("speaker_similarity").embed([wav])[0]
 
 
 def speaker_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of resemblyzer speaker embeddings (unit length): 1 is the same voice."""
-    ea, eb = _speaker_scorer().embed([a, b])
+    ea, eb = get_metric("speaker_similarity").embed([a, b])
     return float(np.dot(ea, eb))
-
-
-@lru_cache(maxsize=1)
-def _dnsmos_scorer():
-    from speechalign.models.metrics.dnsmos import Dnsmos  # noqa: PLC0415 - onnxruntime loads slowly; only where needed
-
-    return Dnsmos()
-
-
-@lru_cache(maxsize=1)
-def _speaker_scorer():
-    from speechalign.models.metrics.speaker import SpeakerSimilarity  # noqa: PLC0415
-
-    return SpeakerSimilarity()
 
 
 def _aligned_log_mel(ref: np.ndarray, out: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:

@@ -162,6 +162,11 @@ class PreferenceStore:
         with self.session() as s:
             return list(s.scalars(select(Round).where(Round.campaign_id == campaign_id).order_by(Round.number)))
 
+    def round_number(self, campaign_id: int, number: int) -> Round | None:
+        """Round `number` of a campaign (0 is the base model's evaluation), or None."""
+        with self.session() as s:
+            return s.scalar(select(Round).where(Round.campaign_id == campaign_id, Round.number == number))
+
     def round(self, round_id: int) -> Round:
         with self.session() as s:
             return s.get_one(Round, round_id)

@@ -46,7 +46,7 @@ def check_mlflow(uri: str) -> None:
             "(sqlite:///path/mlflow.db, postgresql://...) or an MLflow server (http://host:5000)")
 
 
-WEIGHTS_BY_PATH = {"nisqa": "nisqa_weights", "speechbertscore": "speechbertscore_model", "asr": "asr_model"}
+WEIGHTS_BY_PATH = ("nisqa", "speechbertscore", "asr")  # plug-ins whose models a user gives by path
 
 
 def check_metric_models(cfg: Config) -> None:
@@ -54,8 +54,7 @@ def check_metric_models(cfg: Config) -> None:
     from speechalign.models.metrics import MetricUnavailable, get_metric  # noqa: PLC0415 - loads torch models
 
     for name in dict.fromkeys(cfg.score.metrics + cfg.score.heldout_metrics):
-        knob = WEIGHTS_BY_PATH.get(name)
-        if knob is None or (name == "asr" and not cfg.score.asr_model):  # pocketsphinx ships its model
+        if name not in WEIGHTS_BY_PATH or (name == "asr" and not cfg.score.asr_model):  # pocketsphinx ships its own
             continue
         try:
             get_metric(name, cfg.score)

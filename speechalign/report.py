@@ -54,7 +54,7 @@ def campaign_report(cfg: Config) -> dict:
             "error": rnd.error,
         }
         row.update({f"dpo/{k}": v for k, v in results.get("train", {}).get("final", {}).items()})
-        row.update({k: v for k, v in results.get("evaluate", {}).items() if k.startswith("heldout/")})
+        row.update(heldout_figures(results))
         rows.append(row)
     return {"campaign": campaign.name, "store": redact(store.url), "registered_model": cfg.registered_model,
             "rounds": rows}
@@ -68,15 +68,19 @@ def row_cells(row: dict) -> list[str]:
 def format_table(report: dict) -> str:
     if not report["rounds"]:
         return f"campaign {report['campaign']}: no rounds yet"
-    cells = [[h for h, _, _ in COLUMNS]]
-    cells += [row_cells(row) for row in report["rounds"]]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(COLUMNS))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(r, widths)) for r in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = aligned([[h for h, _, _ in COLUMNS]] + [row_cells(row) for row in report["rounds"]])
     failed = [r for r in report["rounds"] if r["status"] == "failed"]
     notes = [f"round {r['round']} failed: {r['error']} (run `speechalign round` to resume it)" for r in failed]
     title = f"campaign {report['campaign']}  (round 0 = base model; UED = held-out unit edit distance to golden)"
     return "\n".join([title, *lines, *notes])
+
+
+def aligned(cells: list[list[str]]) -> list[str]:
+    """A header row and data rows as right-aligned columns, with a rule under the header."""
+    widths = [max(len(row[i]) for row in cells) for i in range(len(cells[0]))]
+    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
 
 
 def format_markdown(report: dict, number: int) -> str:
@@ -96,6 +100,11 @@ def format_markdown(report: dict, number: int) -> str:
     return "\n".join(lines)
 
 
+def heldout_figures(results: dict) -> dict:
+    """A round's held-out figures, from its stage results."""
+    return {k: v for k, v in results.get("evaluate", {}).items() if k.startswith("heldout/")}
+
+
 def ablation_report(cfg: Config, campaigns: list[str]) -> dict:
     """Per campaign of an ablation: its criterion, its last completed round's held-out figures, its pairs,
     pair yield and guard/promotion decisions; plus the base model's row (round 0)."""
@@ -108,17 +117,16 @@ def ablation_report(cfg: Config, campaigns: list[str]) -> dict:
         if campaign is None:
             rows.append({"campaign": name, "criterion": None, "rounds": 0})
             continue
-        done = [r for r in store.rounds(campaign.id) if r.status == "completed"]
-        heldout = lambda rnd: {k: v for k, v in (store.stages(rnd.id)["evaluate"].result or {}).items()  # noqa: E731
-                               if k.startswith("heldout/")}
-        if base is None and done and done[0].number == 0:
-            base = {"campaign": "base model (round 0)", "criterion": "-", "rounds": 0, **heldout(done[0])}
-        aligned = [r for r in done if r.number > 0]
-        pairs = [store.stages(r.id)["pairs"].result or {} for r in aligned]
-        decisions = [store.decisions(r.id) for r in aligned]
+        done = [(r, {n: st.result or {} for n, st in store.stages(r.id).items()})
+                for r in store.rounds(campaign.id) if r.status == "completed"]
+        if base is None and done and done[0][0].number == 0:
+            base = {"campaign": "base model (round 0)", "criterion": "-", "rounds": 0, **heldout_figures(done[0][1])}
+        rounds = [(r, results) for r, results in done if r.number > 0]
+        pairs = [results["pairs"] for _, results in rounds]
+        decisions = [store.decisions(r.id) for r, _ in rounds]
         rows.append({
-            "campaign": name, "criterion": campaign.config.get("pairs", {}).get("criterion"), "rounds": len(aligned),
-            **(heldout(aligned[-1]) if aligned else {}),
+            "campaign": name, "criterion": campaign.config.get("pairs", {}).get("criterion"), "rounds": len(rounds),
+            **(heldout_figures(rounds[-1][1]) if rounds else {}),
             "pairs": sum(p.get("pairs", 0) for p in pairs),
             "pair_yield": statistics.fmean(p["pair_yield"] for p in pairs) if pairs and all("pair_yield" in p for p in pairs)
             else None,
@@ -141,8 +149,5 @@ def format_ablation(report: dict) -> str:
                      + [f"{r[m]:.4f}" if r.get(m) is not None else "-" for m in report["metrics"]]
                      + [str(r.get("pairs", "-")), f"{r['pair_yield']:.3f}" if r.get("pair_yield") is not None else "-",
                         str(r.get("guard_flags", "-")), str(r.get("promoted", "-"))])
-    widths = [max(len(row[i]) for row in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.rjust(w) for c, w in zip(row, widths)) for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
     return "\n".join(["held-out metrics of each criterion's last round (^ higher is better, v lower is better)",
-                      *lines])
+                      *aligned(cells)])

@@ -70,12 +70,12 @@ def collapse_signals(cfg: Config, final: dict, previous: dict | None = None) -> 
 def guard_round(cfg: Config, round_id: int) -> dict:
     store = open_store(cfg)
     rnd = store.round(round_id)
-    final = store.stages(round_id)["train"].result["final"]
-    heldout = store.stages(round_id)["evaluate"].result
-    previous = [r for r in store.rounds(rnd.campaign_id) if r.number == rnd.number - 1]
-    before = store.stages(previous[0].id)["evaluate"].result if previous else {}
-    trained_before = store.stages(previous[0].id).get("train") if previous else None
-    collapse = collapse_signals(cfg, final, trained_before.result["final"] if trained_before else None)
+    stages = store.stages(round_id)
+    final, heldout = stages["train"].result["final"], stages["evaluate"].result
+    previous = store.round_number(rnd.campaign_id, rnd.number - 1)
+    earlier = store.stages(previous.id) if previous else {}
+    before = earlier["evaluate"].result if "evaluate" in earlier else {}
+    collapse = collapse_signals(cfg, final, earlier["train"].result["final"] if "train" in earlier else None)
     regressed = regressions(cfg, heldout, before, f"round {rnd.number - 1}")
     flagged = bool(collapse or regressed)
     details = {"dpo": {k: final.get(k) for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen",
@@ -112,14 +112,14 @@ def promote_round(cfg: Config, round_id: int) -> dict:
     rnd = store.round(round_id)
     campaign = store.campaign(cfg.campaign.name)
     checkpoint = store.checkpoint(round_id)
-    heldout = store.stages(round_id)["evaluate"].result
-    guard = store.stages(round_id)["guard"].result
+    stages = store.stages(round_id)
+    heldout, guard = stages["evaluate"].result, stages["guard"].result
     champion = store.champion(campaign.id)
     if champion:
         against, reference = f"champion round {champion[0].number}, version {champion[1].mlflow_version}", \
             store.stages(champion[0].id)["evaluate"].result
     else:
-        base = next(r for r in store.rounds(campaign.id) if r.number == 0)
+        base = store.round_number(campaign.id, 0)
         against, reference = "base model, round 0", store.stages(base.id)["evaluate"].result
     reasons = regressions(cfg, heldout, reference, against)
     if guard["flagged"] and cfg.guard.action == "refuse_promotion":

@@ -119,14 +119,13 @@ def check_criterion(cfg: Config) -> None:
     """The criterion exists and every metric it ranks by is produced by a [score] plug-in and has a direction."""
     criterion_function(cfg)
     named_numbers(cfg.pairs.margins, "pairs.margins")
-    value_directions(cfg.score.metrics + cfg.score.heldout_metrics)  # every plug-in named exists
+    directions = value_directions(cfg.score.metrics)  # both raise on a plug-in name that does not exist
+    heldout_only = value_directions(cfg.score.heldout_metrics)
     if cfg.pairs.criterion == "golden_vs_synthetic":
         return
     names = cfg.pairs.metrics if cfg.pairs.criterion == "unanimous" else [cfg.pairs.criterion.removeprefix("single:")]
     if not names:
         raise ValueError("pairs.metrics is empty; the unanimous criterion needs at least one metric")
-    directions = value_directions(cfg.score.metrics)
-    heldout_only = value_directions(cfg.score.heldout_metrics)
     for m in names:
         if m not in directions and m in heldout_only:
             raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which is scored on held-out samples "

@@ -1,8 +1,8 @@
 """Progress of the long stages: in the log, and as a Prefect progress artifact in the UI.
 
 Training logs its figures every few steps instead of a printed line per step. Generation, decoding,
-scoring (one artifact per metric) and training also keep a progress artifact (percent done) on their Prefect task run, when they run
-inside one; called outside Prefect (a notebook, a benchmark) they only log.
+scoring (one artifact per metric) and training also keep a progress artifact (percent done) on their
+Prefect task run, when they run inside one; called outside Prefect (a notebook, a benchmark) they only log.
 """
 
 from __future__ import annotations

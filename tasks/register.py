@@ -110,8 +110,8 @@ def register_round(cfg: Config, round_id: int) -> dict:
         c.log_artifacts(run_id, train["adapter"], "adapter")
     log_audio_samples(cfg, c, run_id, round_id, "audio")
     version = registered_version(cfg, c, campaign.mlflow_experiment_id or "", run_id, rnd, train["policy"])
-    previous = [r for r in store.rounds(campaign.id) if r.number == rnd.number - 1]
-    parent_ckpt = store.checkpoint(previous[0].id) if previous else None
+    previous = store.round_number(campaign.id, rnd.number - 1)
+    parent_ckpt = store.checkpoint(previous.id) if previous else None
     store.add_checkpoint({"round_id": round_id, "path": train["policy"], "mlflow_model_name": cfg.registered_model,
                           "mlflow_version": str(version), "metrics": heldout,
                           "promoted": False, "parent_version": parent_ckpt.mlflow_version if parent_ckpt else None})

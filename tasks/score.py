@@ -1,8 +1,8 @@
 """Score: every configured metric plug-in on every sample of a round, each (sample, value) once.
 
 Held-out samples also get score.heldout_metrics (ASR by default: pocketsphinx runs at about 0.6x
-real time on one core, too slow for every candidate of a round). A plug-in that fails on one sample records the failure for that sample (value NULL, with the error)
-and scoring goes on; a resumed stage scores only what is missing. Plug-ins that need the policy
+real time on one core, too slow for every candidate of a round). A plug-in that fails on one sample
+records the failure for that sample (value NULL, with the error) and scoring goes on; a resumed stage scores only what is missing. Plug-ins that need the policy
 (policy_loglik) score with the policy that made the samples: the round's input policy for candidates
 and golden, the evaluated policy for held-out samples.
 """
@@ -27,8 +27,9 @@ def score_samples(cfg: Config, round_id: int, kinds: tuple[str, ...], policy: st
     have = store.scores(round_id)
     failures = 0
     size = max(1, cfg.score.batch_size)
-    names = cfg.score.metrics + [m for m in cfg.score.heldout_metrics if m not in cfg.score.metrics] \
-        if kinds == ("heldout",) else cfg.score.metrics
+    names = list(cfg.score.metrics)
+    if kinds == ("heldout",):
+        names += [m for m in cfg.score.heldout_metrics if m not in names]
     for name in names:
         metric = get_metric(name, cfg.score, policy)
         todo = [s for s in samples if not metric.outputs.keys() <= have.get(s.id, {}).keys()]

@@ -51,7 +51,7 @@ def metric_names() -> list[str]:
     return sorted(_registry())
 
 
-def value_directions(names: list[str], options=None) -> dict[str, bool | None]:
+def value_directions(names: list[str]) -> dict[str, bool | None]:
     """Every value the named plug-ins produce, with its direction, without loading any model."""
     registry = _registry()
     out: dict[str, bool | None] = {}
