@@ -182,3 +182,50 @@ class RoundLock(Base):
     pid: Mapped[int] = mapped_column(Integer)
     acquired_at: Mapped[datetime] = mapped_column(default=utcnow)
     heartbeat_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Rater(Base):
+    """A listener of the A/B listening test (`speechalign listen --add-rater NAME`): only a hash of the token is kept."""
+
+    __tablename__ = "raters"
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True, comment="sha256 hex of the rater's token")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class ListeningItem(Base):
+    """Two clips of the same sentence that raters compare, with the side each is played on.
+
+    `subject` is the side a comparison asks about (round r, the aligned model, the golden tokens, the
+    automatic criterion's chosen sample); `reference` the other (round r-1, the base model, a synthetic
+    candidate, the rejected sample). The rater hears them as A and B, `subject_on` says which is which.
+    """
+
+    __tablename__ = "listening_items"
+    __table_args__ = (UniqueConstraint("subject_sample_id", "reference_sample_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    campaign_id: Mapped[int] = mapped_column(ForeignKey("campaigns.id"), index=True)
+    round_id: Mapped[int] = mapped_column(ForeignKey("rounds.id"), comment="the round of the subject sample")
+    comparison: Mapped[str] = mapped_column(
+        String(32), comment="round_vs_previous | aligned_vs_base | golden_vs_synthetic | criterion")
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"))
+    subject_sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    reference_sample_id: Mapped[int] = mapped_column(ForeignKey("samples.id"))
+    subject_on: Mapped[str] = mapped_column(String(1), comment="A | B: the side the subject sample is played on")
+    pair_id: Mapped[int | None] = mapped_column(ForeignKey("pairs.id"), comment="the automatic pair it is, if any")
+    position: Mapped[int] = mapped_column(Integer, comment="raters hear items in this (seeded, shuffled) order")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
+class Judgment(Base):
+    """One rater's answer on one listening item: A, B or tie."""
+
+    __tablename__ = "judgments"
+    __table_args__ = (UniqueConstraint("item_id", "rater_id"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("listening_items.id"), index=True)
+    rater_id: Mapped[int] = mapped_column(ForeignKey("raters.id"), index=True)
+    choice: Mapped[str] = mapped_column(String(8), comment="A | B | tie, as the rater answered")
+    winner_sample_id: Mapped[int | None] = mapped_column(ForeignKey("samples.id"), comment="NULL on a tie")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)

@@ -226,6 +226,12 @@ class PreferenceStore:
                 q = q.where(Sample.kind == kind)
             return list(s.scalars(q))
 
+    def samples_by_id(self, ids: Iterable[int]) -> dict[int, Sample]:
+        """{id: sample} of any rounds (a round's human pairs name samples of earlier rounds)."""
+        wanted = sorted(set(ids))
+        with self.session() as s:
+            return {x.id: x for part in chunks(wanted, BATCH) for x in s.scalars(select(Sample).where(Sample.id.in_(part)))}
+
     def set_audio_paths(self, paths: dict[int, str]) -> None:
         """Record where each sample's decoded WAV is (sample id -> path)."""
         with self.session() as s:

@@ -10,6 +10,10 @@ here=$(cd "$(dirname "$0")/.." && pwd)
 
 need_apt=()
 command -v espeak-ng >/dev/null || need_apt+=(espeak-ng)
+if [[ ",$EXTRAS," == *",dev,"* ]]; then  # the listening page's test drives a headless chromium
+    command -v chromium >/dev/null || need_apt+=(chromium)
+    command -v chromedriver >/dev/null || need_apt+=(chromium-driver)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
     echo "installing ${need_apt[*]} (Debian packages)"
     sudo=""; [ "$(id -u)" -eq 0 ] || sudo="sudo"

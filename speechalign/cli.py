@@ -5,6 +5,7 @@
     speechalign round --workdir W
     speechalign campaign --workdir W --rounds N
     speechalign report --workdir W [--json]
+    speechalign listen --workdir W [--port P] [--add-rater NAME]   the A/B listening page for raters
     speechalign ablate --workdir W --criteria golden_vs_synthetic,unanimous,single:dnsmos_ovrl --rounds N
     speechalign db upgrade [--db URL]
     speechalign config [--workdir W]          print the effective config (every knob)
@@ -62,6 +63,12 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="per round: pairs, DPO metrics, held-out metrics, model version")
     _common(p)
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p = sub.add_parser("listen", help="the A/B listening page: raters judge pairs of clips into the store")
+    _common(p)
+    p.add_argument("--port", type=int, default=8765)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--add-rater", metavar="NAME", help="register a rater, print their token once, and exit")
+    p.add_argument("--items", type=int, default=20, help="items per comparison and round (a seeded subset; default 20)")
     p = sub.add_parser("ablate", help="the same campaign under each pair criterion; a table of held-out metrics")
     _common(p)
     p.add_argument("--criteria", required=True,
@@ -106,6 +113,8 @@ def _flow_args(cfg, args) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "listen":
+        return cmd_listen(args)
     from speechalign.config import ConfigError
     from speechalign.flows.common import SetupError
     from speechalign.flows.round import CampaignStopped
@@ -254,6 +263,41 @@ def cmd_report(args) -> int:
     return 0
 
 
+def cmd_listen(args) -> int:
+    """main() runs this before it imports the flows: the web app needs neither Prefect nor the training stack."""
+    from speechalign.listen.app import add_rater, create_app
+    from speechalign.listen.items import NothingToListenTo, build_items, listening_campaign
+    from speechalign.preflight import PreflightError
+    from speechalign.tasks.stage import open_store
+
+    url = f"http://{args.host}:{args.port}/"
+    try:
+        if not args.config:
+            _require_workdir(args)
+        cfg = _config(args)
+        _prepare(cfg, mlflow_too=False)
+        store = open_store(cfg)
+        if args.add_rater is not None:
+            token = add_rater(store, args.add_rater)
+            print(f"rater {args.add_rater.strip()!r} added; the token, shown only this once:\n  {token}\n"
+                  f"their link while `speechalign listen` runs:\n  {url}?token={token}")
+            return 0
+        campaign = listening_campaign(store, cfg.campaign.name)
+        items = build_items(store, campaign, args.items)
+    except (ValueError, NothingToListenTo, PreflightError) as exc:  # ValueError: ConfigError too
+        print(f"speechalign: error: {exc}", file=sys.stderr)
+        return 2
+    import uvicorn
+
+    print(f"listening test of campaign {campaign.name}: {items} items; raters open {url}?token=THEIR_TOKEN "
+          "(`speechalign listen --add-rater NAME` makes one)", flush=True)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print("warning: tokens and audio travel unencrypted over plain HTTP; serve it behind HTTPS", flush=True)
+    uvicorn.run(create_app(store, campaign, cfg.workdir), host=args.host, port=args.port, access_log=False,
+                log_level="warning")
+    return 0
+
+
 def cmd_db(args) -> int:
     from speechalign.preference_store import migrate
     from speechalign.preference_store.store import check_reachable
@@ -339,7 +383,8 @@ def _print_report(cfg, as_json: bool) -> None:
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
             "serve": cmd_serve,
-            "report": cmd_report, "ablate": cmd_ablate, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
+            "report": cmd_report, "listen": cmd_listen,
+            "ablate": cmd_ablate, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
             "codec-report": cmd_codec_report}
 
 if __name__ == "__main__":

@@ -113,6 +113,7 @@ class PairsConfig:
     margins: list[str] = field(default_factory=list)  # "metric=margin": by how much it must win (default 0: strictly)
     include_golden: bool = False  # unanimous / single: the golden sample competes as one more candidate
     max_pairs_per_prompt: int = 0  # 0: no cap
+    human: str = "off"  # off | mix: also train on pairs from human listening judgments (speechalign listen)
 
 
 @dataclass

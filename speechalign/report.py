@@ -5,6 +5,8 @@ from __future__ import annotations
 import statistics
 
 from speechalign.config import Config
+from speechalign.listen.figures import listening_figures
+from speechalign.preference_store.judgments import judged_items
 from speechalign.preference_store.store import redact
 from speechalign.tasks.stage import open_store
 
@@ -56,8 +58,9 @@ def campaign_report(cfg: Config) -> dict:
         row.update({f"dpo/{k}": v for k, v in results.get("train", {}).get("final", {}).items()})
         row.update(heldout_figures(results))
         rows.append(row)
+    listening = listening_figures(judged_items(store, campaign.id))
     return {"campaign": campaign.name, "store": redact(store.url), "registered_model": cfg.registered_model,
-            "rounds": rows}
+            "rounds": rows, **({"listening": listening} if listening["judgments"] else {})}
 
 
 def row_cells(row: dict) -> list[str]:
@@ -72,7 +75,35 @@ def format_table(report: dict) -> str:
     failed = [r for r in report["rounds"] if r["status"] == "failed"]
     notes = [f"round {r['round']} failed: {r['error']} (run `speechalign round` to resume it)" for r in failed]
     title = f"campaign {report['campaign']}  (round 0 = base model; UED = held-out unit edit distance to golden)"
-    return "\n".join([title, *lines, *notes])
+    listening = ["", format_listening(report["listening"])] if "listening" in report else []
+    return "\n".join([title, *lines, *notes, *listening])
+
+
+def format_listening(figures: dict) -> str:
+    """The human listening tests: win rate per comparison, agreement between raters and with the criterion."""
+    raters = ", ".join(f"{name} {n}" for name, n in figures["raters"].items())
+    cells = [["comparison", "wins", "losses", "ties", "judgments", "win rate", "95% CI"]]
+    cells += [[r["label"], str(r["wins"]), str(r["losses"]), str(r["ties"]), str(r["judgments"]), share(r["rate"]),
+               interval(r)] for r in figures["comparisons"]]
+    agreement, criterion = figures["rater_agreement"], figures["criterion_agreement"]
+    lines = [f"listening tests: {figures['judgments']} judgments ({raters}); win rate = the first side's wins / "
+             "(wins + losses), ties left out; 95% Wilson interval", *aligned(cells)]
+    lines.append(f"rater agreement: {agreement['items']} items judged by 2+ raters" + (
+        f", pairwise agreement {share(agreement['percent_agreement'])}, Fleiss' kappa {share(agreement['fleiss_kappa'])}"
+        if agreement["items"] else ""))
+    lines.append("raters vs the automatic criterion: " + (
+        f"picked its chosen sample in {criterion['agree']} of {criterion['judgments']} non-tie judgments "
+        f"({share(criterion['rate'])}, 95% CI {interval(criterion)}; {criterion['ties']} ties)"
+        if criterion["judgments"] else "no non-tie judgments on automatic pairs yet"))
+    return "\n".join(lines)
+
+
+def share(value: float | None) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def interval(figures: dict) -> str:
+    return "-" if figures["ci_low"] is None else f"{figures['ci_low']:.3f}-{figures['ci_high']:.3f}"
 
 
 def aligned(cells: list[list[str]]) -> list[str]:

@@ -11,20 +11,28 @@
 The stage reports the pair yield (pairs kept / candidate pairs considered) and how different the
 candidates of a prompt are (mean normalised unit edit distance between them): when samples of one
 checkpoint are too alike, few pairs survive, and generate.temperature / top_k / top_p / k are the knobs.
+
+With pairs.human = "mix", the round also trains on human preferences from the listening test
+(`speechalign listen`): one pair (criterion "human", source "human") per judged item, chosen = the side
+most raters preferred among their non-tie answers (an even split gives none). Only items on golden and
+candidate samples of train prompts qualify (golden_vs_synthetic and criterion items, from any earlier
+round of the campaign); held-out samples never train. They join the round's automatic pairs in the DPO data.
 """
 
 from __future__ import annotations
 
 import itertools
 import statistics
-from collections import defaultdict
+from collections import Counter, defaultdict
 from dataclasses import dataclass
 
 from rapidfuzz.distance import Levenshtein
 
 from speechalign.config import Config, named_numbers
 from speechalign.models.metrics import value_directions
+from speechalign.preference_store.judgments import judged_items
 from speechalign.preference_store.schema import Sample
+from speechalign.preference_store.store import PreferenceStore
 from speechalign.tasks.stage import open_store
 
 Scores = dict[int, dict[str, float | None]]
@@ -102,6 +110,7 @@ def margins(chosen: dict[str, float | None], rejected: dict[str, float | None]) 
 
 
 CRITERIA = ("golden_vs_synthetic", "unanimous", "single:<metric>")
+HUMAN = ("off", "mix")
 
 
 def criterion_function(cfg: Config):
@@ -118,6 +127,8 @@ def criterion_function(cfg: Config):
 def check_criterion(cfg: Config) -> None:
     """The criterion exists and every metric it ranks by is produced by a [score] plug-in and has a direction."""
     criterion_function(cfg)
+    if cfg.pairs.human not in HUMAN:
+        raise ValueError(f"pairs.human = {cfg.pairs.human!r}; it can be {', '.join(map(repr, HUMAN))}")
     named_numbers(cfg.pairs.margins, "pairs.margins")
     directions = value_directions(cfg.score.metrics)  # both raise on a plug-in name that does not exist
     heldout_only = value_directions(cfg.score.heldout_metrics)
@@ -144,6 +155,27 @@ def candidate_diversity(samples: list[Sample]) -> float | None:
     return statistics.fmean(dists) if dists else None
 
 
+def human_pairs(store: PreferenceStore, campaign_id: int, round_id: int) -> list[dict]:
+    """Pair rows for round `round_id` from the campaign's human judgments (see the module's docstring)."""
+    votes: dict[int, Counter] = defaultdict(Counter)
+    items = {}
+    for j in judged_items(store, campaign_id):
+        if j.trainable and j.outcome != "tie":
+            votes[j.item_id][j.outcome] += 1
+            items[j.item_id] = j
+    rows = []
+    for item_id, count in votes.items():
+        if count["subject"] == count["reference"]:
+            continue
+        j = items[item_id]
+        sides = (j.subject_sample_id, j.reference_sample_id)
+        chosen, rejected = sides if count["subject"] > count["reference"] else sides[::-1]
+        rows.append({"round_id": round_id, "prompt_id": j.prompt_id, "chosen_sample_id": chosen,
+                     "rejected_sample_id": rejected, "criterion": "human", "source": "human",
+                     "margins": {"human_votes": abs(count["subject"] - count["reference"])}})
+    return rows
+
+
 def build_pairs(cfg: Config, round_id: int) -> dict:
     criterion = cfg.pairs.criterion
     store = open_store(cfg)
@@ -152,9 +184,12 @@ def build_pairs(cfg: Config, round_id: int) -> dict:
     store.add_pairs([{"round_id": round_id, "prompt_id": chosen.prompt_id, "chosen_sample_id": chosen.id,
                       "rejected_sample_id": rejected.id, "criterion": criterion, "margins": m, "source": "auto"}
                      for chosen, rejected, m in selection.pairs])
+    if cfg.pairs.human == "mix":
+        store.add_pairs(human_pairs(store, store.round(round_id).campaign_id, round_id))
     candidates = sum(s.kind == "candidate" for s in samples)
     stored = store.count_pairs(round_id, criterion)
-    result = {"criterion": criterion, "pairs": stored, "candidates": candidates,
+    result = {"criterion": criterion, "pairs": stored, "human_pairs": store.count_pairs(round_id, "human"),
+              "candidates": candidates,
               "candidate_pairs": selection.considered, "pair_yield": stored / max(1, selection.considered),
               "skipped_unscored": selection.skipped_unscored, "candidate_diversity": candidate_diversity(samples)}
     if stored == 0:

@@ -36,10 +36,11 @@ def precision(cfg: Config) -> str:
 
 def preference_dataset(cfg: Config, round_id: int, lm: CodecLM) -> Dataset:
     store = open_store(cfg)
-    samples = {s.id: s for s in store.samples(round_id)}
+    pairs = store.pairs(round_id)  # human pairs (pairs.human = "mix") may name samples of earlier rounds
+    samples = store.samples_by_id(i for p in pairs for i in (p.chosen_sample_id, p.rejected_sample_id))
     prompts = {p.id: p for p in store.prompts()}
     rows = []
-    for pair in store.pairs(round_id):
+    for pair in pairs:
         prompt = prompts[pair.prompt_id]
         rows.append({"prompt": lm.prompt(prompt.text, prompt.speaker),
                      "chosen": completion_text(samples[pair.chosen_sample_id].tokens),
