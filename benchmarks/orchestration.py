@@ -1,5 +1,5 @@
 """Orchestration overhead of a round: its wall time minus the time spent inside compute
-(generation, scoring, training, evaluation), as a fraction of the round, measured in the same run.
+(generation, decoding, scoring, training, evaluation), as a fraction of the round, measured in the same run.
 
     .venv/bin/python benchmarks/orchestration.py [--workdir speechalign-demo] [--rounds 1]
 
@@ -21,7 +21,7 @@ from speechalign.config import load_config  # noqa: E402
 from speechalign.flows.round import alignment_round  # noqa: E402
 from speechalign.tasks.stage import open_store  # noqa: E402
 
-COMPUTE = ("generate", "score", "train", "evaluate")
+COMPUTE = ("generate", "decode", "score", "train", "evaluate")
 
 
 def main() -> None:

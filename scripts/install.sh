@@ -27,4 +27,4 @@ $pip install -q torch==2.13.0
 $pip install -q -c "$here/constraints.txt" -e "$here${EXTRAS:+[$EXTRAS]}"
 $pip install -q --no-deps speechtokenizer==0.1.2 resemblyzer==0.1.4
 $pip uninstall -q -y torchaudio 2>/dev/null || true
-"$VENV/bin/python" -c "import torch, transformers, peft, trl, speechtokenizer, prefect, mlflow, speechmos, resemblyzer, pocketsphinx, torchmetrics; print('speechalign environment ready: torch', torch.__version__)"
+"$VENV/bin/python" -c "import torch, transformers, peft, trl, speechtokenizer, prefect, prefect_dask, mlflow, speechmos, resemblyzer, pocketsphinx, torchmetrics, uvicorn; print('speechalign environment ready: torch', torch.__version__)"

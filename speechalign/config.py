@@ -148,6 +148,7 @@ class TrainConfig:
     reference: str = "previous"  # previous: last round's policy; initial: the campaign's base model
     precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
     seed: int = 0
+    processes: int = 1  # > 1: data-parallel DPO in that many processes (`accelerate launch`, one per GPU)
 
 
 @dataclass
@@ -171,6 +172,17 @@ class PrefectConfig:
 
 
 @dataclass
+class ScaleConfig:
+    """Where generation and scoring run: in the round's process, or fanned out over Dask workers."""
+
+    runner: str = "local"  # local | dask (a Prefect DaskTaskRunner: prefect-dask)
+    dask_address: str = ""  # a running Dask scheduler (tcp://host:8786); empty: a LocalCluster for the stage
+    workers: int = 2  # LocalCluster worker processes
+    shards: int = 0  # pieces each stage's work is cut into (whole batches); 0: one per worker
+    torch_threads: int = 0  # torch threads in each worker; 0: this machine's cores / workers
+
+
+@dataclass
 class Config:
     paths: PathsConfig = field(default_factory=PathsConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
@@ -187,6 +199,7 @@ class Config:
     evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
     campaign: CampaignConfig = field(default_factory=CampaignConfig)
     prefect: PrefectConfig = field(default_factory=PrefectConfig)
+    scale: ScaleConfig = field(default_factory=ScaleConfig)
 
     # ---- derived locations ------------------------------------------------------------------
     @property
@@ -243,6 +256,7 @@ CHOICES = {  # knobs with a fixed set of values, checked when the config is load
     ("train", "precision"): ("auto", "bf16", "fp32"),
     ("train", "train_embeddings"): ("auto", "true", "false"),
     ("guard", "action"): ("warn", "stop", "refuse_promotion"),
+    ("scale", "runner"): ("local", "dask"),
 }
 
 

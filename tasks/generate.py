@@ -13,6 +13,7 @@ from speechalign.config import Config
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
+from speechalign.tasks.fan_out import FanOut
 from speechalign.tasks.progress import StageProgress
 from speechalign.tasks.stage import derive_seed, fault_point, log, open_store
 
@@ -40,27 +41,40 @@ def generate_candidates(cfg: Config, round_id: int) -> dict:
     prompts = round_prompts(cfg, rnd.number)
     store.add_samples(golden_samples(round_id, prompts))
     done = store.existing_sample_keys(round_id, "candidate")
-    todo = [(p, k) for p in prompts for k in range(cfg.generate.k) if (p.id, k) not in done]
-    if not todo:
-        return {"prompts": len(prompts), "candidates": len(done), "generated": 0}
+    todo = [(p.id, k) for p in prompts for k in range(cfg.generate.k) if (p.id, k) not in done]
+    batches = [todo[i:i + cfg.generate.batch_size] for i in range(0, len(todo), cfg.generate.batch_size)]
+    progress = StageProgress("generate", f"generate: {len(todo)} candidate sequences of round {rnd.number}")
+    with FanOut(cfg, "generate") as fan:
+        shards = fan.run(generate_batches, round_id, batches, progress=progress)
+    return {"prompts": len(prompts), "candidates": len(done) + len(todo), "generated": len(todo),
+            "hit_length_limit": sum(s["unfinished"] for s in shards)}
+
+
+def generate_batches(cfg: Config, round_id: int, batches: list[list[tuple[int, int]]], on_batch=None) -> dict:
+    """Generate and store batches of (prompt id, k) with the round's policy; skip those already stored."""
+    store = open_store(cfg)
+    rnd = store.round(round_id)
+    prompts = {p.id: p for p in store.prompts("train")}
+    done = store.existing_sample_keys(round_id, "candidate")
     lm = load_codec_lm(rnd.policy_in)
     g = cfg.generate
     sampling = Sampling(True, g.temperature, g.top_k, g.top_p, g.max_new_tokens)
-    batches = [todo[i:i + g.batch_size] for i in range(0, len(todo), g.batch_size)]
-    progress = StageProgress("generate", f"generate: {len(todo)} candidate sequences of round {rnd.number}")
     unfinished = 0
     for number, batch in enumerate(batches, start=1):
-        # the seed names the batch's first item, so a resumed stage reproduces the same batches
-        seed = derive_seed(g.seed, rnd.number, batch[0][0].id, batch[0][1])
-        outputs = generate_units(lm, [lm.prompt(p.text, p.speaker) for p, _ in batch], sampling, seed)
+        if all(item in done for item in batch):  # a retried shard: this batch was written
+            continue
+        # the seed names the batch's first item, so a resumed stage (or a shard) reproduces the same batches
+        seed = derive_seed(g.seed, rnd.number, *batch[0])
+        items = [(prompts[pid], k) for pid, k in batch]
+        outputs = generate_units(lm, [lm.prompt(p.text, p.speaker) for p, _ in items], sampling, seed)
         store.add_samples([
             {"round_id": round_id, "prompt_id": p.id, "kind": "candidate", "k": k, "tokens": out.units,
              "finished": out.finished, "seed": seed, "sampling": {**sampling.as_dict(), "batch_position": i}}
-            for i, ((p, k), out) in enumerate(zip(batch, outputs))
+            for i, ((p, k), out) in enumerate(zip(items, outputs))
         ])
         unfinished += sum(not o.finished for o in outputs)
         log.info("generate: batch %d/%d (%d sequences)", number, len(batches), len(batch))
-        progress.update(number, len(batches))
+        if on_batch:
+            on_batch(number)
         fault_point("generate", "mid")  # some batches written, others not
-    return {"prompts": len(prompts), "candidates": len(done) + len(todo), "generated": len(todo),
-            "hit_length_limit": unfinished}
+    return {"unfinished": unfinished}

@@ -12,9 +12,10 @@ from __future__ import annotations
 import statistics
 
 from speechalign.config import Config
-from speechalign.models.metrics import ScoreItem, get_metric
+from speechalign.models.metrics import ScoreItem, get_metric, value_directions
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore
+from speechalign.tasks.fan_out import FanOut
 from speechalign.tasks.progress import StageProgress
 from speechalign.tasks.stage import log, open_store
 
@@ -23,24 +24,42 @@ def score_samples(cfg: Config, round_id: int, kinds: tuple[str, ...], policy: st
     store = open_store(cfg)
     policy = policy or store.round(round_id).policy_in
     samples = [s for s in store.samples(round_id) if s.kind in kinds]
-    prompts = {p.id: p for p in store.prompts()}
     have = store.scores(round_id)
     failures = 0
     size = max(1, cfg.score.batch_size)
     names = list(cfg.score.metrics)
     if kinds == ("heldout",):
         names += [m for m in cfg.score.heldout_metrics if m not in names]
-    for name in names:
-        metric = get_metric(name, cfg.score, policy)
-        todo = [s for s in samples if not metric.outputs.keys() <= have.get(s.id, {}).keys()]
-        progress = StageProgress("score", f"score: {name} on {len(todo)} samples")
-        for start in range(0, len(todo), size):
-            batch = todo[start:start + size]
-            rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id]) for s in batch])
-            failures += sum(r["error"] is not None for r in rows)
-            store.add_scores(rows)
-            progress.update(start + len(batch), len(todo))
+    with FanOut(cfg, "score") as fan:
+        for name in names:
+            outputs = value_directions([name]).keys()  # the parent only plans: workers load the models
+            todo = [s.id for s in samples if not outputs <= have.get(s.id, {}).keys()]
+            batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+            progress = StageProgress("score", f"score: {name} on {len(todo)} samples")
+            shards = fan.run(score_batches, round_id, batches, name, policy, progress=progress)
+            failures += sum(s["failures"] for s in shards)
     return {"samples": len(samples), "failures": failures, **summary(store, round_id, kinds)}
+
+
+def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: str, policy: str,
+                  on_batch=None) -> dict:
+    """Score batches of sample IDs with one metric plug-in and store each (sample, value)."""
+    store = open_store(cfg)
+    metric = get_metric(name, cfg.score, policy)
+    samples = {s.id: s for s in store.samples(round_id)}
+    prompts = {p.id: p for p in store.prompts()}
+    have = store.scores(round_id)
+    failures = 0
+    for number, ids in enumerate(batches, start=1):
+        batch = [samples[i] for i in ids if not metric.outputs.keys() <= have.get(i, {}).keys()]
+        if not batch:  # a retried shard: this batch was written
+            continue
+        rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id]) for s in batch])
+        failures += sum(r["error"] is not None for r in rows)
+        store.add_scores(rows)
+        if on_batch:
+            on_batch(number)
+    return {"failures": failures}
 
 
 def as_item(sample: Sample, prompt) -> ScoreItem:

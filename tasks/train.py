@@ -3,7 +3,8 @@
 The reference model is the round's input policy by default (PEFT's adapter-disabled model, so no
 second copy is held); `train.reference = "initial"` makes it the campaign's base model instead.
 bf16 on a GPU that supports it, fp32 on CPU. Training holds the host's lock for its device
-(speechalign/host_lock.py), so two campaigns never train on one GPU at the same time.
+(speechalign/host_lock.py), so two campaigns never train on one GPU at the same time. With
+train.processes > 1 the stage launches data-parallel DPO with accelerate (tasks/train_launch.py).
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import statistics
+from contextlib import ExitStack
 
 import torch
 from datasets import Dataset
@@ -19,10 +21,11 @@ from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from speechalign.config import Config
-from speechalign.host_lock import HostTrainingLock
+from speechalign.host_lock import HostTrainingLock, device_name
 from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
 from speechalign.tasks.progress import ProgressLog
 from speechalign.tasks.stage import open_store, round_dir
+from speechalign.tasks.train_launch import launch_dpo
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "grad_norm")
@@ -57,6 +60,23 @@ def embedding_module_names(model) -> list[str]:
 
 
 def train_policy(cfg: Config, round_id: int) -> dict:
+    """The train stage: DPO in this process, or in train.processes processes under `accelerate launch`."""
+    label = f"campaign {cfg.campaign.name} round {open_store(cfg).round(round_id).number}"
+    with ExitStack() as held:  # the lock of every GPU the run uses, always in the same order
+        locks = [held.enter_context(HostTrainingLock(label, device)) for device in training_devices(cfg)]
+        result = launch_dpo(cfg, round_id) if cfg.train.processes > 1 else run_dpo(cfg, round_id)
+    return {**result, "waited_for_host_lock_s": round(sum(lock.waited_s for lock in locks), 1)}
+
+
+def training_devices(cfg: Config) -> list[str]:
+    if cfg.train.processes > 1 and torch.cuda.is_available():
+        return [f"cuda{i}" for i in range(min(cfg.train.processes, torch.cuda.device_count()))]
+    return [device_name()]
+
+
+def run_dpo(cfg: Config, round_id: int) -> dict | None:
+    """DPO on the round's pairs; in a multi-process run, every process trains and the main one saves
+    and returns the result (the others return None)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # PEFT looks for the Hub when saving otherwise
     store = open_store(cfg)
     rnd = store.round(round_id)
@@ -87,8 +107,9 @@ def train_policy(cfg: Config, round_id: int) -> dict:
     trainer = DPOTrainer(model=lm.model, ref_model=ref_model, args=args, train_dataset=dataset,
                          processing_class=lm.tokenizer, peft_config=lora, callbacks=[progress])
     trainer.remove_callback(PrinterCallback)  # one line per step is too much; ProgressLog reports every 10
-    with HostTrainingLock(f"campaign {cfg.campaign.name} round {rnd.number}") as host_lock:
-        output = trainer.train()
+    output = trainer.train()
+    if not trainer.accelerator.is_main_process:
+        return None
     history = [{k: h[k] for k in ("step", *DPO_METRICS) if k in h}
                for h in trainer.state.log_history if "rewards/accuracies" in h]
     trainer.model.save_pretrained(adapter_dir)
@@ -103,7 +124,7 @@ def train_policy(cfg: Config, round_id: int) -> dict:
     return {
         "pairs": len(dataset), "steps": int(trainer.state.global_step), "precision": mode,
         "runtime_s": float(output.metrics.get("train_runtime", 0.0)), "reference": t.reference,
-        "waited_for_host_lock_s": round(host_lock.waited_s, 1),
+        "processes": trainer.accelerator.num_processes,
         "policy": str(policy_dir), "adapter": str(adapter_dir),
         "final": {k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
         "history": history,
