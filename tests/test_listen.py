@@ -300,6 +300,17 @@ def test_report_figures_and_human_pairs_for_the_next_round(campaign, capsys):
     assert {s.kind for s in used.values()} == {"golden", "candidate"} and all(s.tokens for s in used.values())
     assert build_pairs(work.cfg, rnd.id)["human_pairs"] == 3 and work.store.count(Pair, round_id=rnd.id) == 4
 
+    # DPO's data: the round's automatic pair and the human pairs, whose samples are from rounds 1 and 2
+    from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, completion_text
+    from speechalign.tasks.train import preference_dataset
+
+    tokenizer = build_demo_tokenizer(16)
+    lm = CodecLM(build_demo_model(tokenizer, 1, 16, 2, 64, seed=0), tokenizer, {"codebook_size": 16})
+    rows = {(r["chosen"], r["rejected"]) for r in preference_dataset(work.cfg, rnd.id, lm).to_list()}
+    assert {(completion_text(used[p.chosen_sample_id].tokens), completion_text(used[p.rejected_sample_id].tokens))
+            for p in human} <= rows
+    assert {work.store.round(s.round_id).number for s in used.values()} <= {1, 2}
+
 
 def test_the_human_pairs_knob_is_checked():
     from speechalign.config import ConfigError, load_config
