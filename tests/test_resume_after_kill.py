@@ -21,6 +21,18 @@ FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end"
           "register:mid", "register:end", "promote:end"]
 
 
+@pytest.fixture
+def bootstrapped(bootstrapped):
+    """These checks are about stages and rows, not metrics: score with the light plug-ins and one audio
+    model (DNSMOS), and no held-out ASR, so each killed and resumed process loads less."""
+    from speechalign.config import save_config
+
+    bootstrapped.score.metrics = ["unit_edit_distance", "length_ratio", "dnsmos"]
+    bootstrapped.score.heldout_metrics = []
+    save_config(bootstrapped)
+    return bootstrapped
+
+
 def kill_round_at(cfg, fault: str) -> None:
     from prefect.settings import PREFECT_API_URL
 
