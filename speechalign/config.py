@@ -257,6 +257,7 @@ CHOICES = {  # knobs with a fixed set of values, checked when the config is load
     ("train", "train_embeddings"): ("auto", "true", "false"),
     ("guard", "action"): ("warn", "stop", "refuse_promotion"),
     ("scale", "runner"): ("local", "dask"),
+    ("pairs", "human"): ("off", "mix"),
 }
 
 

@@ -110,7 +110,6 @@ def margins(chosen: dict[str, float | None], rejected: dict[str, float | None]) 
 
 
 CRITERIA = ("golden_vs_synthetic", "unanimous", "single:<metric>")
-HUMAN = ("off", "mix")
 
 
 def criterion_function(cfg: Config):
@@ -127,8 +126,6 @@ def criterion_function(cfg: Config):
 def check_criterion(cfg: Config) -> None:
     """The criterion exists and every metric it ranks by is produced by a [score] plug-in and has a direction."""
     criterion_function(cfg)
-    if cfg.pairs.human not in HUMAN:
-        raise ValueError(f"pairs.human = {cfg.pairs.human!r}; it can be {', '.join(map(repr, HUMAN))}")
     named_numbers(cfg.pairs.margins, "pairs.margins")
     directions = value_directions(cfg.score.metrics)  # both raise on a plug-in name that does not exist
     heldout_only = value_directions(cfg.score.heldout_metrics)
