@@ -25,7 +25,6 @@ from speechalign.host_lock import HostTrainingLock, device_name
 from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
 from speechalign.tasks.progress import ProgressLog
 from speechalign.tasks.stage import open_store, round_dir
-from speechalign.tasks.train_launch import launch_dpo
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "grad_norm")
@@ -64,7 +63,12 @@ def train_policy(cfg: Config, round_id: int) -> dict:
     label = f"campaign {cfg.campaign.name} round {open_store(cfg).round(round_id).number}"
     with ExitStack() as held:  # the lock of every GPU the run uses, always in the same order
         locks = [held.enter_context(HostTrainingLock(label, device)) for device in training_devices(cfg)]
-        result = launch_dpo(cfg, round_id) if cfg.train.processes > 1 else run_dpo(cfg, round_id)
+        if cfg.train.processes > 1:
+            from speechalign.tasks.train_launch import launch_dpo  # noqa: PLC0415 - it imports this module
+
+            result = launch_dpo(cfg, round_id)
+        else:
+            result = run_dpo(cfg, round_id)
     return {**result, "waited_for_host_lock_s": round(sum(lock.waited_s for lock in locks), 1)}
 
 

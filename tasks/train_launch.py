@@ -18,16 +18,14 @@ import subprocess
 import sys
 from pathlib import Path
 
-import torch
-
 from speechalign.config import Config, load_config
-from speechalign.tasks.stage import log, round_dir
+from speechalign.tasks.stage import log, open_store, round_dir
+from speechalign.tasks.train import precision, run_dpo
 
 
 def launch_command(cfg: Config, config_file: Path, round_id: int, result_file: Path) -> list[str]:
     """`accelerate launch` of this module: one process per GPU (DDP), or gloo processes on a machine without."""
-    gpu = torch.cuda.is_available()
-    mixed = "bf16" if gpu and cfg.train.precision != "fp32" and torch.cuda.is_bf16_supported() else "no"
+    mixed = "bf16" if precision(cfg) == "bf16" else "no"  # as the processes' DPOConfig will have it
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.train.processes),
             "--num_machines", "1", "--mixed_precision", mixed, "--dynamo_backend", "no",
             "--multi_gpu",  # torchrun's launcher: NCCL on GPUs, gloo on a machine without (DPOConfig use_cpu)
@@ -35,8 +33,6 @@ def launch_command(cfg: Config, config_file: Path, round_id: int, result_file: P
 
 
 def launch_dpo(cfg: Config, round_id: int) -> dict:
-    from speechalign.tasks.stage import open_store  # noqa: PLC0415
-
     out = round_dir(cfg, open_store(cfg).round(round_id).number) / "dpo-launch"
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.toml"
@@ -53,8 +49,6 @@ def launch_dpo(cfg: Config, round_id: int) -> dict:
 
 
 def main(argv: list[str]) -> int:
-    from speechalign.tasks.train import run_dpo  # noqa: PLC0415 - train.py imports this module
-
     workdir, config_file, round_id, result_file = argv[0], Path(argv[1]), int(argv[2]), Path(argv[3])
     cfg = load_config(config_file, workdir=workdir)
     result = run_dpo(cfg, round_id)
