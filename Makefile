@@ -1,10 +1,16 @@
-# The two commands of the README. Each installs what it needs (into .venv) on first use.
+# The two commands of the README (and a fast test tier). Each installs what it needs into .venv on first use:
+# the demo the runtime set only, the tests that set plus pytest, ruff and Debian's chromium for the browser test.
 VENV ?= .venv
 ROUNDS ?= 3
+WORKERS ?= auto
 
-.PHONY: demo test install
+.PHONY: demo test test-fast lint install
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
+	scripts/install.sh $(VENV)
+	touch $@
+
+$(VENV)/.installed-dev: $(VENV)/.installed
 	scripts/install.sh $(VENV) dev
 	touch $@
 
@@ -13,5 +19,12 @@ install: $(VENV)/.installed
 demo: $(VENV)/.installed
 	$(VENV)/bin/speechalign demo --workdir speechalign-demo --rounds $(ROUNDS)
 
-test: $(VENV)/.installed
-	$(VENV)/bin/python -m pytest
+lint: $(VENV)/.installed-dev
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(VENV)/bin/python -m pytest -n $(WORKERS) --dist worksteal
+
+# the pure tests (criteria, guard, config, store, report): seconds, for the development loop
+test-fast: lint
+	$(VENV)/bin/python -m pytest -m pure -n 0 -p no:cacheprovider

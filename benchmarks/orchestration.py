@@ -19,7 +19,7 @@ started_process = time.monotonic()
 
 from speechalign.config import load_config  # noqa: E402
 from speechalign.flows.round import alignment_round  # noqa: E402
-from speechalign.tasks.stage import open_store  # noqa: E402
+from speechalign.preference_store.store import open_store  # noqa: E402
 
 COMPUTE = ("generate", "decode", "score", "train", "evaluate")
 
@@ -30,7 +30,7 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=1)
     args = ap.parse_args()
     cfg = load_config(workdir=args.workdir)
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     if store.campaign(cfg.campaign.name) is None:
         raise SystemExit(f"{cfg.workdir} has no campaign {cfg.campaign.name!r}; run `make demo` first")
     imports = time.monotonic() - started_process

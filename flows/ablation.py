@@ -14,8 +14,8 @@ from prefect import flow
 
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.common import ensure_campaign, load_flow_config
+from speechalign.preference_store.store import open_store
 from speechalign.tasks.guard import stopped_by_guard
-from speechalign.tasks.stage import open_store
 
 
 def campaign_name(base: str, criterion: str) -> str:
@@ -35,8 +35,9 @@ def criterion_ablation(workdir: str, criteria: list[str], rounds: int, config_fi
     names = []
     for extra, cfg in zip(runs, configs):
         campaign = ensure_campaign(cfg)
-        done = sum(r.number > 0 and r.status == "completed" for r in open_store(cfg).rounds(campaign.id))
-        if done < rounds and not stopped_by_guard(cfg, campaign.id):
+        store = open_store(cfg.store_url)
+        done = sum(r.number > 0 and r.status == "completed" for r in store.rounds(campaign.id))
+        if done < rounds and not stopped_by_guard(cfg, store, campaign.id):
             alignment_campaign(workdir, rounds - done, config_file, extra)
         names.append(cfg.campaign.name)
     return names

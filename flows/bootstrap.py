@@ -11,34 +11,37 @@ Each step is skipped when its output already exists, so bootstrap can be run aga
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
 from speechalign.config import Config, save_config
-from speechalign.flows.common import base_model_dir, load_flow_config
+from speechalign.flows.common import load_flow_config
 from speechalign.models.codec import load_codec
 from speechalign.models.codec_lm import is_saved_policy
+from speechalign.preference_store.store import open_store
 from speechalign.tasks.acoustic_stage import train_acoustic_stage
 from speechalign.tasks.base_model import initial_model, supervised_finetune
 from speechalign.tasks.demo_corpus import build_demo_corpus
 from speechalign.tasks.import_corpus import import_corpus
-from speechalign.tasks.stage import log, open_store
+
+log = logging.getLogger(__name__)
 
 
 @task(cache_policy=NO_CACHE)
 def demo_corpus(cfg: Config) -> str:
     d = cfg.demo
-    return str(build_demo_corpus(cfg.workdir / "corpus", d.utterances, d.voices, d.seed, d.speed))
+    return str(build_demo_corpus(cfg.layout.corpus, d.utterances, d.voices, d.seed, d.speed))
 
 
 @task(cache_policy=NO_CACHE)
 def import_manifest(cfg: Config, manifest: str) -> dict:
-    codec = load_codec(*cfg.codec_files())
+    codec = load_codec(*cfg.codec.files())
     c = cfg.corpus
-    return import_corpus(open_store(cfg), codec, Path(manifest), c.min_seconds, c.max_seconds, c.heldout_fraction,
-                         c.split_seed, cfg.workdir / "corpus" / "repaired", cfg.codec.encode_batch_size)
+    return import_corpus(open_store(cfg.store_url), codec, Path(manifest), c.min_seconds, c.max_seconds,
+                         c.heldout_fraction, c.split_seed, cfg.layout.repaired_audio, cfg.codec.encode_batch_size)
 
 
 @task(cache_policy=NO_CACHE)
@@ -48,17 +51,17 @@ def acoustic_stage(cfg: Config) -> dict:
 
 @task(cache_policy=NO_CACHE)
 def base_model(cfg: Config) -> dict:
-    out = base_model_dir(cfg)
+    out = cfg.layout.base_model
     if is_saved_policy(out):
         log.info("bootstrap: base model already in %s", out)
         return json.loads((out / "speechalign.json").read_text())
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     train = store.prompts("train")
-    codec = load_codec(*cfg.codec_files())
+    codec = load_codec(*cfg.codec.files())
     speakers = sorted({p.speaker for p in store.prompts() if p.speaker})
     lm = initial_model(cfg, codec.quantizer.bins, speakers)
     if cfg.model.sft_epochs > 0:
-        lm.metadata["sft"] = supervised_finetune(cfg, lm, train, str(cfg.workdir / "models" / "sft"))
+        lm.metadata["sft"] = supervised_finetune(cfg, lm, train, str(cfg.layout.sft_run))
     lm.save(out)
     return lm.metadata
 
@@ -69,11 +72,11 @@ def bootstrap(workdir: str, config_file: str | None = None, overrides: list[str]
     save_config(cfg)
     manifest = cfg.corpus.manifest or demo_corpus(cfg)
     imported = import_manifest(cfg, manifest)
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     if not store.prompts("train") or not store.prompts("heldout"):
         raise RuntimeError(f"{manifest}: too few usable utterances for a train and a held-out split "
                            f"(train {len(store.prompts('train'))}, held-out {len(store.prompts('heldout'))})")
     acoustic = acoustic_stage(cfg)
     metadata = base_model(cfg)
-    return {"manifest": manifest, "import": imported, "acoustic": acoustic, "base_model": str(base_model_dir(cfg)),
+    return {"manifest": manifest, "import": imported, "acoustic": acoustic, "base_model": str(cfg.layout.base_model),
             "metadata": metadata}

@@ -8,10 +8,7 @@ from speechalign.config import Config, load_config
 from speechalign.models.acoustic import is_saved_acoustic
 from speechalign.models.codec_lm import is_saved_policy
 from speechalign.preference_store.schema import Campaign
-from speechalign.tasks.decode import acoustic_dir
-from speechalign.tasks.stage import open_store
-
-BASE_MODEL_DIR = "models/base"
+from speechalign.preference_store.store import open_store
 
 
 class SetupError(RuntimeError):
@@ -22,21 +19,17 @@ def load_flow_config(workdir: str, config_file: str | None, overrides: list[str]
     return load_config(Path(config_file) if config_file else None, overrides, workdir)
 
 
-def base_model_dir(cfg: Config) -> Path:
-    return cfg.workdir / BASE_MODEL_DIR
-
-
 def ensure_campaign(cfg: Config) -> Campaign:
-    if cfg.codec.acoustic == "model" and not is_saved_acoustic(acoustic_dir(cfg)):
-        raise SetupError(f"no acoustic stage in {acoustic_dir(cfg)} (rounds decode samples with it); run "
-                         f"`speechalign bootstrap --workdir {cfg.workdir}` again, which trains only what is missing, "
+    layout = cfg.layout
+    if cfg.codec.acoustic == "model" and not is_saved_acoustic(layout.acoustic):
+        raise SetupError(f"no acoustic stage in {layout.acoustic} (rounds decode samples with it); run "
+                         f"`speechalign bootstrap --workdir {cfg.workdir}` again, which makes only what is missing, "
                          "or --set codec.acoustic=layer1_only")
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     campaign = store.campaign(cfg.campaign.name)
     if campaign is not None:
         return campaign
-    base = base_model_dir(cfg)
-    if not is_saved_policy(base):
-        raise SetupError(f"no base model in {base}; run `speechalign bootstrap --workdir {cfg.workdir}` "
-                           "(or `speechalign demo`) before running rounds")
-    return store.create_campaign(cfg.campaign.name, cfg.to_dict(), str(base))
+    if not is_saved_policy(layout.base_model):
+        raise SetupError(f"no base model in {layout.base_model}; run `speechalign bootstrap --workdir {cfg.workdir}` "
+                         "(or `speechalign demo`) before running rounds")
+    return store.create_campaign(cfg.campaign.name, cfg.to_dict(), str(layout.base_model))

@@ -116,7 +116,7 @@ def load_acoustic(path: Path) -> AcousticStage:
 
 def train_acoustic(golden: list[np.ndarray], speakers: list[str | None], config: AcousticConfig, steps: int,
                    seed: int, batch_size: int = 16, crop_frames: int = 100, lr: float = 2e-3,
-                   log=None) -> tuple[AcousticStage, dict]:
+                   log=None, on_step=None) -> tuple[AcousticStage, dict]:
     """Fit the stage on golden codes (n_q, frames) with their speakers: each step picks one layer to predict
     from the ones below it (teacher forcing), cross-entropy over the frames of random crops."""
     rng = np.random.default_rng(seed)
@@ -145,6 +145,8 @@ def train_acoustic(golden: list[np.ndarray], speakers: list[str | None], config:
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         optimizer.step()
         schedule.step()
+        if on_step:
+            on_step(step, float(loss.detach()))
         if step % 100 == 0 or step == steps:
             history.append({"step": step, "layer": q + 1, "loss": float(loss.detach())})
             if log:

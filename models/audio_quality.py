@@ -27,12 +27,6 @@ def dnsmos(wav: np.ndarray) -> dict[str, float]:
     return get_metric("dnsmos").clips([wav])[0]
 
 
-def speaker_embedding(wav: np.ndarray) -> np.ndarray:
-    """resemblyzer's embed_utterance of the preprocessed 16 kHz clip (unit length), through the batched
-    encoder of the `speaker_similarity` plug-in (models/metrics/speaker.py)."""
-    return get_metric("speaker_similarity").embed([wav])[0]
-
-
 def speaker_similarity(a: np.ndarray, b: np.ndarray) -> float:
     """Cosine similarity of resemblyzer speaker embeddings (unit length): 1 is the same voice."""
     ea, eb = get_metric("speaker_similarity").embed([a, b])

@@ -6,15 +6,14 @@ after a crash writes nothing twice.
 
 from __future__ import annotations
 
-import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from functools import lru_cache
 
 from sqlalchemy import create_engine, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
-from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from speechalign.preference_store.schema import (
@@ -92,6 +91,12 @@ def insert_ignore(session: Session, model, rows: list[dict], keys: list[str]) ->
         session.execute(stmt)
 
 
+@lru_cache(maxsize=8)
+def open_store(url: str) -> PreferenceStore:
+    """The store at `url`, one engine per process and URL."""
+    return PreferenceStore(url)
+
+
 class PreferenceStore:
     def __init__(self, url: str):
         self.url = url
@@ -107,16 +112,6 @@ class PreferenceStore:
             except BaseException:
                 s.rollback()
                 raise
-
-    def with_retry(self, fn, attempts: int = 5):
-        """SQLite can report 'database is locked' under concurrent writers; wait and try again."""
-        for attempt in range(attempts):
-            try:
-                return fn()
-            except OperationalError as exc:
-                if "locked" not in str(exc) or attempt == attempts - 1:
-                    raise
-                time.sleep(0.5 * (attempt + 1))
 
     # ---- corpus -------------------------------------------------------------------------------
     def add_prompts(self, rows: list[dict]) -> None:
@@ -259,12 +254,6 @@ class PreferenceStore:
                 out.setdefault(sample_id, {})[metric] = value
             return out
 
-    def score_errors(self, round_id: int) -> list[tuple[int, str, str]]:
-        with self.session() as s:
-            q = select(Score.sample_id, Score.metric, Score.error).join(Sample, Sample.id == Score.sample_id).where(
-                Sample.round_id == round_id, Score.error.is_not(None))
-            return [tuple(r) for r in s.execute(q)]  # type: ignore[misc]
-
     def add_pairs(self, rows: list[dict]) -> None:
         now = utcnow()
         with self.session() as s:
@@ -324,4 +313,4 @@ def chunks(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-__all__ = ["PreferenceStore", "StoreUnreachable", "check_reachable", "insert_ignore", "chunks", "datetime"]
+__all__ = ["PreferenceStore", "open_store", "StoreUnreachable", "check_reachable", "insert_ignore", "chunks", "datetime"]

@@ -4,11 +4,11 @@
     speechalign bootstrap --manifest M.jsonl --workdir W
     speechalign round --workdir W
     speechalign campaign --workdir W --rounds N
-    speechalign report --workdir W [--json]
+    speechalign report --workdir W [--json | --markdown]
     speechalign listen --workdir W [--port P] [--add-rater NAME]   the A/B listening page for raters
     speechalign ablate --workdir W --criteria golden_vs_synthetic,unanimous,single:dnsmos_ovrl --rounds N
     speechalign db upgrade [--db URL]
-    speechalign config [--workdir W]          print the effective config (every knob)
+    speechalign config [--workdir W] [--defaults]   print the effective config (every knob, described)
     speechalign train-codec --manifest M --out DIR [--from DIR --decoder-steps N]
     speechalign codec-report --workdir W [--card MODEL_CARD.md]   codec audio quality on held-out audio
 
@@ -63,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="per round: pairs, DPO metrics, held-out metrics, model version")
     _common(p)
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p.add_argument("--markdown", action="store_true", help="print the table in markdown (as the README shows it)")
     p = sub.add_parser("listen", help="the A/B listening page: raters judge pairs of clips into the store")
     _common(p)
     p.add_argument("--port", type=int, default=8765)
@@ -80,8 +81,9 @@ def parser() -> argparse.ArgumentParser:
     up = dbsub.add_parser("upgrade", help="run Alembic migrations to head")
     _common(up)
     up.add_argument("--db", help="SQLAlchemy URL (default: the work directory's store)")
-    p = sub.add_parser("config", help="print the effective config as TOML")
+    p = sub.add_parser("config", help="print the effective config as TOML, each knob described")
     _common(p)
+    p.add_argument("--defaults", action="store_true", help="the defaults only (speechalign.toml is this output)")
     p = sub.add_parser("train-codec", help="build the demo codec from a corpus (distilled encoder + fitted RVQ)")
     p.add_argument("--manifest", help="JSONL manifest; without it, an espeak corpus of 800 utterances in 4 voices")
     p.add_argument("--out", required=True)
@@ -149,10 +151,10 @@ def cmd_demo(args) -> int:
     todo = max(0, cfg.campaign.rounds - done)
     if todo:
         alignment_campaign(rounds=todo, **_flow_args(cfg, args))
-    _print_report(cfg, as_json=False)
+    _print_report(cfg)
     print(f"\ndemo wall time: {(time.monotonic() - started) / 60:.1f} min")
     print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking_uri}")
-    print(f"Listen: every sample's WAV is under {cfg.campaign_dir()}/round-NNN/audio/ (heldout/, candidate/, "
+    print(f"Listen: every sample's WAV is under {cfg.layout.campaign_dir}/round-NNN/audio/ (heldout/, candidate/, "
           "golden/); each round's MLflow run has audio/ with the recording, its golden tokens decoded and the "
           "round's sample for three held-out sentences")
     return 0
@@ -191,7 +193,7 @@ def cmd_round(args) -> int:
     ensure_campaign(cfg)  # fails here, with what to run, if bootstrap has not been run
 
     alignment_round(**_flow_args(cfg, args))
-    _print_report(cfg, as_json=False)
+    _print_report(cfg)
     return 0
 
 
@@ -228,7 +230,7 @@ def cmd_campaign(args) -> int:
     ensure_campaign(cfg)
 
     alignment_campaign(rounds=args.rounds, **_flow_args(cfg, args))
-    _print_report(cfg, as_json=False)
+    _print_report(cfg)
     return 0
 
 
@@ -259,7 +261,7 @@ def cmd_report(args) -> int:
     _require_workdir(args)
     cfg = _config(args)
     _prepare(cfg, mlflow_too=False)
-    _print_report(cfg, as_json=args.json)
+    _print_report(cfg, "json" if args.json else "markdown" if args.markdown else "text")
     return 0
 
 
@@ -268,7 +270,7 @@ def cmd_listen(args) -> int:
     from speechalign.listen.app import add_rater, create_app
     from speechalign.listen.items import NothingToListenTo, build_items, listening_campaign
     from speechalign.preflight import PreflightError
-    from speechalign.tasks.stage import open_store
+    from speechalign.preference_store.store import open_store
 
     url = f"http://{args.host}:{args.port}/"
     try:
@@ -276,14 +278,14 @@ def cmd_listen(args) -> int:
             _require_workdir(args)
         cfg = _config(args)
         _prepare(cfg, mlflow_too=False)
-        store = open_store(cfg)
+        store = open_store(cfg.store_url)
         if args.add_rater is not None:
             token = add_rater(store, args.add_rater)
             print(f"rater {args.add_rater.strip()!r} added; the token, shown only this once:\n  {token}\n"
                   f"their link while `speechalign listen` runs:\n  {url}?token={token}")
             return 0
         campaign = listening_campaign(store, cfg.campaign.name)
-        items = build_items(store, campaign, args.items)
+        items = build_items(store, campaign, args.items, decode=lambda samples: _decode(cfg, store, samples))
     except (ValueError, NothingToListenTo, PreflightError) as exc:  # ValueError: ConfigError too
         print(f"speechalign: error: {exc}", file=sys.stderr)
         return 2
@@ -316,7 +318,9 @@ def cmd_db(args) -> int:
 
 
 def cmd_config(args) -> int:
-    print(_config(args).to_toml())
+    from speechalign.config import Config
+
+    print(Config().to_toml() if args.defaults else _config(args).to_toml(), end="")
     return 0
 
 
@@ -355,6 +359,14 @@ def cmd_codec_report(args) -> int:
 CODEC_CORPUS_VOICES = ["en-us+m3", "en-gb+f3", "en-us+f3", "en-gb+m1"]
 
 
+def _decode(cfg, store, samples) -> dict[int, str]:
+    """The listening page's samples that were never decoded (only here does `listen` load the codec)."""
+    from speechalign.tasks.decode import decode_for_listening
+
+    print(f"decoding {len(samples)} samples drawn for listening", flush=True)
+    return decode_for_listening(cfg, store, samples)
+
+
 def _require_workdir(args) -> None:
     if not args.workdir:
         from speechalign.config import ConfigError
@@ -374,11 +386,12 @@ def _report(cfg) -> dict:
     return campaign_report(cfg)
 
 
-def _print_report(cfg, as_json: bool) -> None:
-    from speechalign.report import format_table
+def _print_report(cfg, form: str = "text") -> None:
+    from speechalign.report import format_markdown, format_table
 
     report = _report(cfg)
-    print(json.dumps(report, indent=2, default=str) if as_json else format_table(report))
+    print(json.dumps(report, indent=2, default=str) if form == "json"
+          else format_markdown(report) if form == "markdown" else format_table(report), flush=True)
 
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,

@@ -1,218 +1,299 @@
-"""Every knob of a campaign, in one TOML file.
+"""Every knob of a campaign, in one TOML file, described once.
 
-The defaults are the demo's. `speechalign config` prints the whole file; a user copies it, edits
-what they need, and passes it with `--config`; `--set section.key=value` overrides one knob for
-one command. Bootstrap writes the effective config into the work directory (`config.toml`), and
-later commands on that work directory read it from there.
+Each section is a pydantic model; a knob's type, default, allowed values and its description (the
+comment in speechalign.toml and in `speechalign config`) are written once, here. speechalign.toml
+is this module rendered (`speechalign config --defaults`), and a test checks that it still is.
+
+Where values come from, later ones winning: the defaults (the demo's), the work directory's
+config.toml (bootstrap writes it), `--config FILE`, then `--set section.key=value` per command.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import json
+import textwrap
 import tomllib
-import typing
-from dataclasses import dataclass, field
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
-CONFIG_FILE = "config.toml"
+import tomlkit
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-
-@dataclass
-class PathsConfig:
-    workdir: str = "speechalign-work"
+from speechalign.layout import CONFIG_FILE, Layout
 
 
-@dataclass
-class StoreConfig:
-    url: str = ""  # SQLAlchemy URL; empty: sqlite:///<workdir>/store.db
-    auto_migrate: bool = True  # run Alembic to head when a command opens the store
+class ConfigError(ValueError):
+    pass
 
 
-@dataclass
-class MlflowConfig:
-    tracking_uri: str = ""  # empty: sqlite:///<workdir>/mlflow.db (the registry needs a database store)
-    artifact_location: str = ""  # empty: <workdir>/mlartifacts, or the MLflow server's own when tracking_uri is http(s)
-    registered_model: str = "speechalign-{campaign}"
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _comma_list(cls, value: Any, info) -> Any:
+        """`--set score.metrics=a,b` gives a string where a list is wanted."""
+        annotation = str(cls.model_fields[info.field_name].annotation)
+        if isinstance(value, str) and annotation.startswith("list["):
+            return [v.strip() for v in value.split(",") if v.strip()]
+        return value
 
 
-@dataclass
-class CorpusConfig:
-    manifest: str = ""  # JSONL rows {"id", "text", "audio", "speaker"?}; empty: the demo corpus
-    heldout_fraction: float = 0.12
-    min_seconds: float = 0.3
-    max_seconds: float = 20.0
-    split_seed: int = 0
+def _named_numbers(value: Any) -> Any:
+    """Also "metric=0.1,metric=0.2" (--set) and ["metric=0.1", ...] (work directories from before these knobs
+    were tables)."""
+    if isinstance(value, str):
+        value = [v for v in value.split(",") if v.strip()]
+    if isinstance(value, list) and all(isinstance(v, str) for v in value):
+        out = {}
+        for entry in value:
+            name, _, number = entry.partition("=")
+            try:
+                out[name.strip()] = float(number)
+            except ValueError:
+                raise ValueError(f"entry {entry!r} is not metric=number, e.g. dnsmos_ovrl=0.1") from None
+        return out
+    return value
 
 
-@dataclass
-class DemoConfig:
-    utterances: int = 400
-    voices: list[str] = field(default_factory=lambda: ["en-us+m3", "en-gb+f3"])
-    speed: int = 175
-    seed: int = 0
+def _non_negative(value: dict[str, float]) -> dict[str, float]:
+    bad = {k: v for k, v in value.items() if v < 0 or not k.strip()}
+    if bad:
+        raise ValueError(f"{bad} : every entry is a metric name and a number >= 0, e.g. {{dnsmos_ovrl = 0.1}}")
+    return value
 
 
-@dataclass
-class CodecConfig:
-    config_path: str = ""  # SpeechTokenizer config.json; empty: the demo codec shipped in models/demo_codec
-    checkpoint_path: str = ""  # its checkpoint (.pt state dict or .safetensors)
-    encode_batch_size: int = 16
-    acoustic: str = "model"  # model: the acoustic stage predicts RVQ layers 2..8 from layer 1; layer1_only: decode layer 1 alone
-    acoustic_steps: int = 1000  # training steps of the acoustic stage at bootstrap (on the train split's golden tokens)
-    decode_batch_size: int = 16
+class PathsConfig(Section):
+    workdir: str = Field("speechalign-work", description="store, corpus, models and MLflow, unless set below")
 
 
-@dataclass
-class ModelConfig:
-    base_model: str = ""  # a Hugging Face causal-LM directory; empty: a small Llama built by bootstrap
-    speaker_in_prompt: bool = True  # prefix prompts with a <spk:NAME> token when the corpus names speakers
-    # the demo model (ignored when base_model is set)
-    layers: int = 3
-    hidden_size: int = 192
-    heads: int = 6
-    max_positions: int = 512
-    seed: int = 0
-    # supervised fine-tuning on the train split's golden tokens (0 epochs: take base_model as it is)
-    sft_epochs: float = 8.0
-    sft_learning_rate: float = 2e-3
-    sft_batch_size: int = 16
+class StoreConfig(Section):
+    url: str = Field("", description="SQLAlchemy URL; empty: sqlite:///<workdir>/store.db. Teams: postgresql+psycopg://...")
+    auto_migrate: bool = Field(True, description="bring the schema to the newest Alembic migration when a command "
+                                                 "opens the store")
 
 
-@dataclass
-class GenerateConfig:
-    k: int = 4  # candidates per prompt
-    prompts_per_round: int = 160  # 0: every train prompt; else a seeded subset, new each round
-    temperature: float = 1.0
-    top_k: int = 0
-    top_p: float = 1.0
-    max_new_tokens: int = 250
-    batch_size: int = 64
-    seed: int = 1234
+class MlflowConfig(Section):
+    tracking_uri: str = Field("", description="empty: sqlite:///<workdir>/mlflow.db (the registry needs a database "
+                                              "store); or http://host:5000 for an MLflow server")
+    artifact_location: str = Field("", description="empty: <workdir>/mlartifacts, or the MLflow server's own store "
+                                                   "when tracking_uri is http(s)")
+    registered_model: str = Field("speechalign-{campaign}", description="registered model name; {campaign} is the "
+                                                                        "campaign's name")
 
 
-@dataclass
-class ScoreConfig:
-    metrics: list[str] = field(default_factory=lambda: [  # on every golden, candidate and held-out sample
-        "unit_edit_distance", "length_ratio", "policy_loglik", "dnsmos", "speaker_similarity"])
-    heldout_metrics: list[str] = field(default_factory=lambda: ["asr"])  # on held-out samples only (slow ones)
-    batch_size: int = 64  # samples per scoring call
-    asr_model: str = ""  # a local Whisper-style checkpoint directory (transformers); empty: pocketsphinx's English model
-    speechbertscore_model: str = ""  # a local HuBERT / WavLM directory (transformers) for the speechbertscore metric
-    speechbertscore_layer: int = -1  # hidden layer whose features are compared (-1: the last)
-    nisqa_weights: str = ""  # NISQA v2.0 weights (nisqa.tar) for the nisqa metric
+class CorpusConfig(Section):
+    manifest: str = Field("", description='JSONL rows {"id", "text", "audio", "speaker"?}, audio relative to the '
+                                          "manifest; empty: the demo corpus")
+    heldout_fraction: float = Field(0.12, ge=0, lt=1, description="held out from pairs and training, used only for "
+                                                                  "evaluation")
+    min_seconds: float = Field(0.3, ge=0, description="shorter recordings are skipped (and recorded as such)")
+    max_seconds: float = Field(20.0, gt=0, description="longer recordings are skipped (and recorded as such)")
+    split_seed: int = Field(0, description="seed of the train/held-out split")
 
 
-@dataclass
-class PairsConfig:
-    criterion: str = "golden_vs_synthetic"  # golden_vs_synthetic | unanimous | single:<metric>
-    metrics: list[str] = field(default_factory=lambda: [  # unanimous: chosen must beat rejected on every one
-        "dnsmos_ovrl", "speaker_similarity", "unit_edit_distance"])
-    margins: list[str] = field(default_factory=list)  # "metric=margin": by how much it must win (default 0: strictly)
-    include_golden: bool = False  # unanimous / single: the golden sample competes as one more candidate
-    max_pairs_per_prompt: int = 0  # 0: no cap
-    human: str = "off"  # off | mix: also train on pairs from human listening judgments (speechalign listen)
+class DemoConfig(Section):
+    utterances: int = Field(400, ge=1, description="sentences espeak-ng speaks for the demo corpus")
+    voices: list[str] = Field(["en-us+m3", "en-gb+f3"], description="espeak-ng voices, taken in turn")
+    speed: int = Field(175, description="espeak-ng words per minute")
+    seed: int = Field(0, description="seed of the demo corpus's sentences")
 
 
-@dataclass
-class GuardConfig:
-    """The collapse guard and the promotion gate (tasks/guard.py)."""
+class CodecConfig(Section):
+    config_path: str = Field("", description="SpeechTokenizer config.json; empty: the demo codec shipped in "
+                                             "models/demo_codec")
+    checkpoint_path: str = Field("", description="its checkpoint (.pt state dict or .safetensors)")
+    encode_batch_size: int = Field(16, ge=1, description="recordings per codec encoding call at bootstrap")
+    acoustic: Literal["model", "layer1_only"] = Field(
+        "model", description="model: an acoustic stage fills in RVQ layers 2..8 from layer 1; layer1_only: decode "
+                             "layer 1 alone")
+    acoustic_steps: int = Field(1000, ge=1, description="training steps of the acoustic stage at bootstrap (on the "
+                                                        "train split's golden tokens)")
+    decode_batch_size: int = Field(16, ge=1, description="sequences per decoding call")
 
-    action: str = "warn"  # when a round is flagged: warn | stop (the campaign) | refuse_promotion
-    accuracy_limit: float = 0.95  # DPO reward accuracy at or above this is saturated
-    margin_limit: float = 1.0  # DPO reward margin at or above this is inflated
-    tolerances: list[str] = field(default_factory=lambda: [  # "metric=tolerance": how far a held-out metric may get worse
-        "unit_edit_distance=0.02", "golden_nll=0.05", "policy_loglik=0.05", "dnsmos_ovrl=0.1", "dnsmos_sig=0.1",
-        "dnsmos_bak=0.1", "speaker_similarity=0.02", "asr_cer=0.05", "asr_wer=0.05", "finished_rate=0.05"])
-    default_tolerance: float = 0.05  # relative (5% of the reference value) for held-out metrics not listed
-    champion_alias: str = "champion"  # MLflow alias of the best model so far; empty: never promote
-
-
-@dataclass
-class TrainConfig:
-    learning_rate: float = 1e-4
-    beta: float = 0.1
-    loss_type: list[str] = field(default_factory=lambda: ["sigmoid", "sft"])
-    loss_weights: list[float] = field(default_factory=list)  # empty: 1.0 each
-    epochs: float = 1.0
-    batch_size: int = 16
-    gradient_accumulation_steps: int = 1
-    max_length: int = 512
-    lora_r: int = 16
-    lora_alpha: int = 32
-    lora_dropout: float = 0.0
-    target_modules: list[str] = field(default_factory=lambda: ["all-linear"])
-    train_embeddings: str = "auto"  # auto: when bootstrap added speech tokens to a user's vocabulary
-    reference: str = "previous"  # previous: last round's policy; initial: the campaign's base model
-    precision: str = "auto"  # auto: bf16 on a GPU that supports it, else fp32
-    seed: int = 0
-    processes: int = 1  # > 1: data-parallel DPO in that many processes (`accelerate launch`, one per GPU)
+    def files(self) -> tuple[Path, Path]:
+        """The codec's config.json and checkpoint: the configured ones, or the demo codec shipped in models/."""
+        if self.config_path or self.checkpoint_path:
+            return Path(self.config_path), Path(self.checkpoint_path)
+        demo = Path(str(files("speechalign.models") / "demo_codec"))
+        return demo / "config.json", demo / "model.safetensors"
 
 
-@dataclass
-class EvaluateConfig:
-    mode: str = "greedy"  # sampled: fixed seeds, as generation samples; greedy: argmax decoding
-    samples_per_prompt: int = 4
-    seed: int = 4321
+class ModelConfig(Section):
+    base_model: str = Field("", description="your Hugging Face causal-LM directory; empty: a small Llama built by "
+                                            "bootstrap (the knobs below)")
+    speaker_in_prompt: bool = Field(True, description="prefix prompts with <spk:NAME> when the corpus names speakers")
+    layers: int = Field(3, ge=1, description="demo model: decoder layers")
+    hidden_size: int = Field(192, ge=8, description="demo model: hidden size")
+    heads: int = Field(6, ge=1, description="demo model: attention heads")
+    max_positions: int = Field(512, ge=16, description="demo model: longest prompt + completion, in tokens")
+    seed: int = Field(0, description="seed of the demo model's initial weights and of bootstrap's training")
+    sft_epochs: float = Field(8.0, ge=0, description="supervised fine-tuning on golden tokens at bootstrap; 0: take "
+                                                     "base_model as it is")
+    sft_learning_rate: float = Field(2e-3, gt=0, description="learning rate of that fine-tuning")
+    sft_batch_size: int = Field(16, ge=1, description="batch size of that fine-tuning")
 
 
-@dataclass
-class CampaignConfig:
-    name: str = "demo"
-    rounds: int = 3
-    lock_stale_seconds: float = 300.0  # a round lock without heartbeat this long is taken over (holder died)
+class GenerateConfig(Section):
+    k: int = Field(4, ge=1, description="candidates per prompt")
+    prompts_per_round: int = Field(160, ge=0, description="0: every train prompt; else a seeded subset, new each round")
+    temperature: float = Field(1.0, gt=0, description="sampling temperature")
+    top_k: int = Field(0, ge=0, description="0: no top-k cut")
+    top_p: float = Field(1.0, gt=0, le=1, description="1.0: no nucleus cut")
+    max_new_tokens: int = Field(250, ge=1, description="longest sequence of units")
+    batch_size: int = Field(64, ge=1, description="sequences per generation call")
+    seed: int = Field(1234, description="seed of the candidates (each batch's seed derives from it)")
 
 
-@dataclass
-class PrefectConfig:
-    task_retries: int = 1
-    retry_delay_seconds: int = 5
+class ScoreConfig(Section):
+    metrics: list[str] = Field(
+        ["unit_edit_distance", "length_ratio", "policy_loglik", "dnsmos", "speaker_similarity"],
+        description="metric plug-ins (models/metrics/) on held-out samples, and on candidates when the pair criterion "
+                    "ranks by them: unit_edit_distance, length_ratio, policy_loglik, dnsmos (dnsmos_sig/bak/ovrl), "
+                    "speaker_similarity, asr (asr_cer/asr_wer), speechbertscore, nisqa (weights by path, below)")
+    heldout_metrics: list[str] = Field(["asr"], description="on held-out samples only (slow ones)")
+    candidates: Literal["needed", "all"] = Field(
+        "needed", description="needed: decode and score a round's candidates only for what the pair criterion ranks "
+                              "by (and the token metrics, which are cheap); all: every metric on every candidate")
+    batch_size: int = Field(64, ge=1, description="samples per scoring call")
+    asr_model: str = Field("", description="a local Whisper-style checkpoint directory; empty: pocketsphinx's English "
+                                           "model")
+    speechbertscore_model: str = Field("", description="a local HuBERT / WavLM directory (save_pretrained) for "
+                                                       "speechbertscore")
+    speechbertscore_layer: int = Field(-1, description="hidden layer compared (-1: the last)")
+    nisqa_weights: str = Field("", description="nisqa.tar from github.com/gabrielmittag/NISQA (weights/) for nisqa")
 
 
-@dataclass
-class ScaleConfig:
-    """Where generation and scoring run: in the round's process, or fanned out over Dask workers."""
+class PairsConfig(Section):
+    criterion: str = Field("golden_vs_synthetic", description="golden_vs_synthetic (SpeechAlign) | unanimous "
+                                                              "(GenSR-Pref) | single:<metric>")
+    metrics: list[str] = Field(["dnsmos_ovrl", "speaker_similarity", "unit_edit_distance"],
+                               description="unanimous: the chosen sample wins on every one")
+    margins: dict[str, float] = Field({}, description="by how much a metric must be won, e.g. {dnsmos_ovrl = 0.05} "
+                                                      "(default 0: strictly)")
+    include_golden: bool = Field(False, description="unanimous / single: the golden sample competes as one more "
+                                                    "candidate")
+    max_pairs_per_prompt: int = Field(0, ge=0, description="0: no cap")
+    human: Literal["off", "mix"] = Field("off", description="mix: add pairs from human listening judgments "
+                                                            "(`speechalign listen`) to the DPO data")
 
-    runner: str = "local"  # local | dask (a Prefect DaskTaskRunner: prefect-dask)
-    dask_address: str = ""  # a running Dask scheduler (tcp://host:8786); empty: a LocalCluster for the stage
-    workers: int = 2  # LocalCluster worker processes
-    shards: int = 0  # pieces each stage's work is cut into (whole batches); 0: one per worker
-    torch_threads: int = 0  # torch threads in each worker; 0: this machine's cores / workers
+    _margins = field_validator("margins", mode="before")(_named_numbers)
+    _margins_ok = field_validator("margins")(_non_negative)
 
 
-@dataclass
-class Config:
-    paths: PathsConfig = field(default_factory=PathsConfig)
-    store: StoreConfig = field(default_factory=StoreConfig)
-    mlflow: MlflowConfig = field(default_factory=MlflowConfig)
-    corpus: CorpusConfig = field(default_factory=CorpusConfig)
-    demo: DemoConfig = field(default_factory=DemoConfig)
-    codec: CodecConfig = field(default_factory=CodecConfig)
-    model: ModelConfig = field(default_factory=ModelConfig)
-    generate: GenerateConfig = field(default_factory=GenerateConfig)
-    score: ScoreConfig = field(default_factory=ScoreConfig)
-    pairs: PairsConfig = field(default_factory=PairsConfig)
-    guard: GuardConfig = field(default_factory=GuardConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    evaluate: EvaluateConfig = field(default_factory=EvaluateConfig)
-    campaign: CampaignConfig = field(default_factory=CampaignConfig)
-    prefect: PrefectConfig = field(default_factory=PrefectConfig)
-    scale: ScaleConfig = field(default_factory=ScaleConfig)
+class GuardConfig(Section):
+    action: Literal["warn", "stop", "refuse_promotion"] = Field(
+        "warn", description="a flagged round: warn | stop (the campaign) | refuse_promotion")
+    accuracy_limit: float = Field(0.95, description="collapse = DPO reward accuracy >= this, and")
+    margin_limit: float = Field(1.0, description="reward margin >= this, and the chosen side's reward < 0 (its "
+                                                 "likelihood fell)")
+    tolerances: dict[str, float] = Field(
+        {"unit_edit_distance": 0.02, "golden_nll": 0.05, "policy_loglik": 0.05, "dnsmos_ovrl": 0.1, "dnsmos_sig": 0.1,
+         "dnsmos_bak": 0.1, "speaker_similarity": 0.02, "asr_cer": 0.05, "asr_wer": 0.05, "finished_rate": 0.05},
+        description="how far a held-out metric may get worse before the guard flags the round and the gate refuses it")
+    default_tolerance: float = Field(0.05, ge=0, description="relative, for held-out metrics not in tolerances")
+    champion_alias: str = Field("champion", description="MLflow alias of the best version so far; empty: never "
+                                                        "promote")
 
-    # ---- derived locations ------------------------------------------------------------------
+    _tolerances = field_validator("tolerances", mode="before")(_named_numbers)
+    _tolerances_ok = field_validator("tolerances")(_non_negative)
+
+
+class TrainConfig(Section):
+    learning_rate: float = Field(1e-4, gt=0, description="DPO learning rate")
+    beta: float = Field(0.1, gt=0, description="DPO beta")
+    loss_type: list[str] = Field(["sigmoid", "sft"], description="TRL loss types: DPO (sigmoid) plus the NLL of the "
+                                                                 "chosen side (RPO); [\"sigmoid\"]: plain DPO")
+    loss_weights: list[float] = Field([], description="one per loss type; empty: 1.0 each")
+    epochs: float = Field(1.0, gt=0, description="passes over the round's pairs")
+    batch_size: int = Field(16, ge=1, description="pairs per device and step")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="steps accumulated per optimizer step")
+    max_length: int = Field(512, ge=16, description="longest prompt + completion, in tokens")
+    lora_r: int = Field(16, ge=1, description="LoRA rank")
+    lora_alpha: int = Field(32, ge=1, description="LoRA alpha")
+    lora_dropout: float = Field(0.0, ge=0, lt=1, description="LoRA dropout")
+    target_modules: list[str] = Field(["all-linear"], description="LoRA target modules")
+    train_embeddings: Literal["auto", "true", "false"] = Field(
+        "auto", description="auto: when bootstrap added speech tokens to your model and did no SFT")
+    reference: Literal["previous", "initial"] = Field(
+        "previous", description="previous: the round's input policy; initial: the campaign's base model")
+    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on a GPU that supports it, "
+                                                                           "else fp32")
+    seed: int = Field(0, description="training seed")
+    processes: int = Field(1, ge=1, description="> 1: data-parallel DPO in that many processes (accelerate launch; one "
+                                                "per GPU)")
+
+
+class EvaluateConfig(Section):
+    mode: Literal["sampled", "greedy"] = Field("greedy", description="sampled: fixed seeds, as generation samples; "
+                                                                     "greedy: argmax decoding")
+    samples_per_prompt: int = Field(4, ge=1, description="sampled mode: samples per held-out prompt")
+    seed: int = Field(4321, description="seed of the held-out samples (the same every round)")
+
+
+class CampaignConfig(Section):
+    name: str = Field("demo", description="campaign name: its rounds, MLflow experiment and registered model")
+    rounds: int = Field(3, ge=0, description="rounds `speechalign demo` runs")
+    lock_stale_seconds: float = Field(300.0, gt=0, description="one round of a campaign at a time; a lock without "
+                                                               "heartbeat this long is taken over")
+
+
+class PrefectConfig(Section):
+    task_retries: int = Field(1, ge=0, description="retries of a failed stage")
+    retry_delay_seconds: int = Field(5, ge=0, description="wait before a retry")
+
+
+class ScaleConfig(Section):
+    runner: Literal["local", "dask"] = Field("local", description="local: generation and scoring in the round's "
+                                                                  "process | dask: over Dask workers (prefect-dask)")
+    dask_address: str = Field("", description='a running Dask scheduler, e.g. "tcp://10.0.0.5:8786"; empty: a '
+                                              "LocalCluster per stage")
+    workers: int = Field(2, ge=1, description="LocalCluster worker processes")
+    shards: int = Field(0, ge=0, description="pieces a stage's batches are cut into (whole batches); 0: one per worker")
+    torch_threads: int = Field(0, ge=0, description="torch threads in each worker; 0: this machine's cores / workers")
+
+
+class Config(Section):
+    paths: PathsConfig = Field(default_factory=PathsConfig)
+    store: StoreConfig = Field(default_factory=StoreConfig)
+    mlflow: MlflowConfig = Field(default_factory=MlflowConfig)
+    corpus: CorpusConfig = Field(default_factory=CorpusConfig)
+    demo: DemoConfig = Field(default_factory=DemoConfig)
+    codec: CodecConfig = Field(default_factory=CodecConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    generate: GenerateConfig = Field(default_factory=GenerateConfig)
+    score: ScoreConfig = Field(default_factory=ScoreConfig)
+    pairs: PairsConfig = Field(default_factory=PairsConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
+    campaign: CampaignConfig = Field(default_factory=CampaignConfig)
+    prefect: PrefectConfig = Field(default_factory=PrefectConfig)
+    scale: ScaleConfig = Field(default_factory=ScaleConfig)
+
+    @model_validator(mode="after")
+    def _criterion_ranks_by_scored_values(self) -> Config:
+        from speechalign.tasks.criteria import check_criterion  # noqa: PLC0415 - criteria live with the pairs stage
+
+        check_criterion(self)
+        return self
+
+    # ---- what the knobs resolve to --------------------------------------------------------------
     @property
     def workdir(self) -> Path:
         return Path(self.paths.workdir).resolve()
 
     @property
+    def layout(self) -> Layout:
+        return Layout(self.workdir, self.campaign.name)
+
+    @property
     def store_url(self) -> str:
-        return self.store.url or f"sqlite:///{self.workdir / 'store.db'}"
+        return self.store.url or f"sqlite:///{self.layout.store_db}"
 
     @property
     def tracking_uri(self) -> str:
-        return self.mlflow.tracking_uri or f"sqlite:///{self.workdir / 'mlflow.db'}"
+        return self.mlflow.tracking_uri or f"sqlite:///{self.layout.mlflow_db}"
 
     @property
     def artifact_location(self) -> str | None:
@@ -222,150 +303,87 @@ class Config:
             return self.mlflow.artifact_location
         if self.tracking_uri.startswith(("http://", "https://")):
             return None
-        return (self.workdir / "mlartifacts").as_uri()
+        return self.layout.mlartifacts.as_uri()
 
     @property
     def registered_model(self) -> str:
         return self.mlflow.registered_model.format(campaign=self.campaign.name)
 
-    def codec_files(self) -> tuple[Path, Path]:
-        """The codec's config.json and checkpoint: the configured ones, or the demo codec shipped in models/."""
-        if self.codec.config_path or self.codec.checkpoint_path:
-            return Path(self.codec.config_path), Path(self.codec.checkpoint_path)
-        demo = Path(str(files("speechalign.models") / "demo_codec"))
-        return demo / "config.json", demo / "model.safetensors"
-
-    def campaign_dir(self) -> Path:
-        return self.workdir / "campaigns" / self.campaign.name
-
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        return self.model_dump(mode="json")
 
-    def to_toml(self) -> str:
-        return to_toml(self.to_dict())
-
-
-class ConfigError(ValueError):
-    pass
+    def to_toml(self, comments: bool = True) -> str:
+        return render_toml(self, comments)
 
 
-CHOICES = {  # knobs with a fixed set of values, checked when the config is loaded
-    ("evaluate", "mode"): ("sampled", "greedy"),
-    ("train", "reference"): ("previous", "initial"),
-    ("codec", "acoustic"): ("model", "layer1_only"),
-    ("train", "precision"): ("auto", "bf16", "fp32"),
-    ("train", "train_embeddings"): ("auto", "true", "false"),
-    ("guard", "action"): ("warn", "stop", "refuse_promotion"),
-    ("scale", "runner"): ("local", "dask"),
-    ("pairs", "human"): ("off", "mix"),
-}
+# ---- reading ----------------------------------------------------------------------------------------
 
 
-def named_numbers(entries: list[str], knob: str) -> dict[str, float]:
-    """["dnsmos_ovrl=0.1", ...] -> {"dnsmos_ovrl": 0.1}; each number >= 0."""
-    out = {}
-    for entry in entries:
-        name, _, value = entry.partition("=")
-        try:
-            number = float(value)
-        except ValueError:
-            number = -1.0
-        if not name.strip() or number < 0:
-            raise ValueError(f"{knob} entry {entry!r} is not metric=number with a number >= 0, e.g. dnsmos_ovrl=0.1")
-        out[name.strip()] = number
+def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
+                workdir: str | None = None) -> Config:
+    """Defaults, then the work directory's config.toml (if any), then `path`, then --set overrides."""
+    data: dict = {}
+    if workdir:
+        data = {"paths": {"workdir": workdir}}
+    saved = _validated(data, "defaults").layout.config_file
+    if saved.is_file():
+        data = _merge(data, _read(saved))
+        _validated(data, str(saved))
+    if path:
+        data = _merge(data, _read(Path(path)))
+        _validated(data, str(path))
+    for item in overrides or []:
+        data = _merge(data, _parse_set(item))
+    if workdir:  # the command's --workdir wins over any file's
+        data = _merge(data, {"paths": {"workdir": workdir}})
+    return _validated(data, "--set " + " ".join(overrides) if overrides else "config")
+
+
+def _parse_set(item: str) -> dict:
+    """`section.key=value` (value in TOML syntax, or a bare string) -> {section: {key: value}}."""
+    dotted, sep, raw = item.partition("=")
+    if not sep or "." not in dotted:
+        raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.learning_rate=1e-4")
+    try:
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    *parents, key = dotted.strip().split(".")
+    out: dict = {key: value}
+    for name in reversed(parents):
+        out = {name: out}
     return out
 
 
-def validate(config: Config, source: str) -> Config:
-    for (section, key), allowed in CHOICES.items():
-        value = getattr(getattr(config, section), key)
-        if value not in allowed:
-            raise ConfigError(f"{source}: {section}.{key} = {value!r}; it can be {', '.join(map(repr, allowed))}")
-    from speechalign.tasks.pairs import check_criterion  # noqa: PLC0415 - criteria live with the pairs stage
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def _validated(data: dict, source: str) -> Config:
     try:
-        check_criterion(config)
-        named_numbers(config.guard.tolerances, "guard.tolerances")
-    except ValueError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
-    return config
+        return Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(f"{source}: {'; '.join(_explain(e) for e in exc.errors())}") from None
 
 
-def from_dict(data: dict, base: Config | None = None, source: str = "config", check: bool = True) -> Config:
-    """Overlay `data` ({section: {key: value}}) on `base` (default: the demo defaults), checking names and types."""
-    config = base if base is not None else Config()
-    for section, values in data.items():
-        if not hasattr(config, section) or not isinstance(values, dict):
-            raise ConfigError(f"{source}: unknown section [{section}]; sections are {', '.join(_sections())}")
-        target = getattr(config, section)
-        known = typing.get_type_hints(type(target))
-        for key, value in values.items():
-            if key not in known:
-                raise ConfigError(f"{source}: unknown key {section}.{key}; [{section}] has {', '.join(known)}")
-            setattr(target, key, _coerce(value, known[key], f"{source}: {section}.{key}"))
-    return validate(config, source) if check else config
-
-
-def _sections() -> list[str]:
-    return [f.name for f in dataclasses.fields(Config)]
-
-
-def _coerce(value: Any, declared: Any, where: str) -> Any:
-    """Accept `value` where it has the knob's declared type (ints are fine for floats; `a,b` for lists)."""
-    if typing.get_origin(declared) is list:
-        item_type = typing.get_args(declared)[0]
-        if isinstance(value, str):  # --set k=a,b
-            value = [v.strip() for v in value.split(",") if v.strip()]
-        if not isinstance(value, list):
-            raise ConfigError(f"{where} = {value!r} is not a list of {item_type.__name__}")
-        if item_type is float:  # from --set k=1,5 the items arrive as strings
-            value = [_number(v, f"{where}[{i}]") for i, v in enumerate(value)]
-        return [_coerce(v, item_type, f"{where}[{i}]") for i, v in enumerate(value)]
-    if declared is bool or isinstance(value, bool):
-        ok = declared is bool and isinstance(value, bool)
-    elif declared is float:
-        ok, value = isinstance(value, (int, float)), float(value) if isinstance(value, (int, float)) else value
-    else:
-        ok = isinstance(value, declared)
-    if not ok:
-        raise ConfigError(f"{where} = {value!r} is not a {declared.__name__}")
-    return value
-
-
-def _number(value: Any, where: str) -> Any:
-    if isinstance(value, str):
-        try:
-            return float(value)
-        except ValueError:
-            raise ConfigError(f"{where} = {value!r} is not a number") from None
-    return value
-
-
-def load_config(path: Path | None = None, overrides: list[str] | None = None, workdir: str | None = None) -> Config:
-    """Defaults, then the work directory's config.toml (if any), then `path`, then --set overrides."""
-    config = Config()
-    if workdir:
-        config.paths.workdir = workdir
-    saved = config.workdir / CONFIG_FILE
-    if saved.is_file():
-        config = from_dict(_read(saved), config, str(saved))
-        if workdir:
-            config.paths.workdir = workdir
-    if path:
-        config = from_dict(_read(Path(path)), config, str(path))
-        if workdir:
-            config.paths.workdir = workdir
-    for item in overrides or []:
-        if "=" not in item or "." not in item.split("=", 1)[0]:
-            raise ConfigError(f"--set {item!r}: expected section.key=value, e.g. --set train.learning_rate=1e-4")
-        dotted, raw = item.split("=", 1)
-        section, key = dotted.split(".", 1)
-        try:
-            value = tomllib.loads(f"v = {raw}")["v"]
-        except tomllib.TOMLDecodeError:
-            value = raw
-        config = from_dict({section: {key: value}}, config, f"--set {item}", check=False)
-    # knobs that depend on each other (a criterion and the metrics it ranks by) are checked once all are set
-    return validate(config, "--set " + " ".join(overrides)) if overrides else config
+def _explain(error: dict) -> str:
+    """One pydantic error as the knob, its value, and what it can be."""
+    loc = [str(part) for part in error["loc"]]
+    where = ".".join(loc)
+    if error["type"] == "extra_forbidden":
+        if len(loc) == 1:
+            return f"unknown section [{where}]; sections are {', '.join(Config.model_fields)}"
+        section = Config.model_fields.get(loc[0])
+        known = ", ".join(section.annotation.model_fields) if section else ""
+        return f"unknown key {where}; [{loc[0]}] has {known}"
+    if error["type"] == "literal_error":
+        return f"{where} = {error['input']!r}; it can be {error['ctx']['expected'].replace(' or ', ', ')}"
+    if error["type"] == "value_error":  # our own checks: the message says it all
+        return (f"{where}: " if loc else "") + str(error["ctx"]["error"])
+    return f"{where} = {error['input']!r}: {error['msg']}"
 
 
 def _read(path: Path) -> dict:
@@ -377,30 +395,40 @@ def _read(path: Path) -> dict:
         raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
 
 
-def to_toml(data: dict) -> str:
-    lines = []
-    for section, values in data.items():
-        lines.append(f"[{section}]")
-        for key, value in values.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, (int, float)):
-        return repr(value)
-    if isinstance(value, str):
-        return json.dumps(value)
-    if isinstance(value, list):
-        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
-    raise TypeError(f"cannot write {value!r} to TOML")
-
-
 def save_config(config: Config) -> Path:
-    config.workdir.mkdir(parents=True, exist_ok=True)
-    path = config.workdir / CONFIG_FILE
+    path = config.layout.config_file
+    path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(config.to_toml())
     return path
+
+
+# ---- writing ----------------------------------------------------------------------------------------
+
+HEADER = """\
+speechalign: every knob of a campaign, with the demo's defaults.
+Copy this file, change what you need, and pass it with --config; or override one knob for one
+command with --set section.key=value. `speechalign config` prints the effective configuration.
+This file is generated from speechalign/config.py (`speechalign config --defaults > speechalign.toml`)."""
+
+
+def render_toml(config: Config, comments: bool = True) -> str:
+    """The config as TOML; with comments, each knob's description above it (as in speechalign.toml)."""
+    doc = tomlkit.document()
+    if comments:
+        for line in HEADER.splitlines():
+            doc.add(tomlkit.comment(line))
+    for section_name, section in config:
+        table = tomlkit.table()
+        for key, value in section:
+            if comments:
+                described = section.model_fields[key].description or ""
+                for line in textwrap.wrap(described, 110):
+                    table.add(tomlkit.comment(line))
+            value = section.model_dump(mode="json")[key]
+            if isinstance(value, dict):
+                inline = tomlkit.inline_table()
+                inline.update(value)
+                value = inline
+            table.add(key, value)
+        doc.add(section_name, table)
+    return tomlkit.dumps(doc)

@@ -1,4 +1,9 @@
-"""The round-by-round report of a campaign, from the preference store alone."""
+"""The round-by-round report of a campaign, from the preference store alone.
+
+One table, three renderings: plain text (`speechalign report`, and what `demo`, `round` and `campaign`
+print at the end), markdown (`report --markdown`, the README's tables and the Prefect artifact) and JSON
+(`report --json`). Its columns are figures by their names in tasks/results.py.
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,16 @@ import statistics
 
 from speechalign.config import Config
 from speechalign.listen.figures import listening_figures
+from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.judgments import judged_items
-from speechalign.preference_store.store import redact
-from speechalign.tasks.stage import open_store
+from speechalign.preference_store.store import open_store, redact
+from speechalign.tasks.context import round_record
 
 COLUMNS = [  # (header, key, format)
     ("round", "round", "{}"),
     ("status", "status", "{}"),
-    ("pairs", "pairs", "{}"),
-    ("yield", "pair_yield", "{:.3f}"),
+    ("pairs", "pairs/pairs", "{:.0f}"),
+    ("yield", "pairs/pair_yield", "{:.3f}"),
     ("dpo acc", "dpo/rewards/accuracies", "{:.3f}"),
     ("dpo margin", "dpo/rewards/margins", "{:.3f}"),
     ("logp chosen", "dpo/logps/chosen", "{:.1f}"),
@@ -30,22 +36,21 @@ COLUMNS = [  # (header, key, format)
     ("version", "mlflow_version", "{}"),
     ("minutes", "minutes", "{:.1f}"),
 ]
+TITLE = "round 0 = base model; UED = held-out unit edit distance to golden"
 
 
 def campaign_report(cfg: Config) -> dict:
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     campaign = store.campaign(cfg.campaign.name)
     if campaign is None:
         return {"campaign": cfg.campaign.name, "rounds": []}
     rows = []
     for rnd in store.rounds(campaign.id):
         stages = store.stages(rnd.id)
-        results = {name: st.result or {} for name, st in stages.items()}
         checkpoint = store.checkpoint(rnd.id)
-        row: dict = {
+        rows.append({
             "round": rnd.number, "status": rnd.status, "policy": rnd.policy_out or rnd.policy_in,
-            "pairs": results.get("pairs", {}).get("pairs"),
-            "pair_yield": results.get("pairs", {}).get("pair_yield"),
+            **round_record(store, rnd).figures(),
             **{kind: d.verdict for kind, d in store.decisions(rnd.id).items()},
             "mlflow_run_id": rnd.mlflow_run_id, "mlflow_version": checkpoint.mlflow_version if checkpoint else None,
             "parent_version": checkpoint.parent_version if checkpoint else None,
@@ -54,10 +59,7 @@ def campaign_report(cfg: Config) -> dict:
                               "error": (st.error or "").splitlines()[0] if st.error else None}
                        for name, st in stages.items()},
             "error": rnd.error,
-        }
-        row.update({f"dpo/{k}": v for k, v in results.get("train", {}).get("final", {}).items()})
-        row.update(heldout_figures(results))
-        rows.append(row)
+        })
     listening = listening_figures(judged_items(store, campaign.id))
     return {"campaign": campaign.name, "store": redact(store.url), "registered_model": cfg.registered_model,
             "rounds": rows, **({"listening": listening} if listening["judgments"] else {})}
@@ -74,9 +76,35 @@ def format_table(report: dict) -> str:
     lines = aligned([[h for h, _, _ in COLUMNS]] + [row_cells(row) for row in report["rounds"]])
     failed = [r for r in report["rounds"] if r["status"] == "failed"]
     notes = [f"round {r['round']} failed: {r['error']} (run `speechalign round` to resume it)" for r in failed]
-    title = f"campaign {report['campaign']}  (round 0 = base model; UED = held-out unit edit distance to golden)"
     listening = ["", format_listening(report["listening"])] if "listening" in report else []
-    return "\n".join([title, *lines, *notes, *listening])
+    return "\n".join([f"campaign {report['campaign']}  ({TITLE})", *lines, *notes, *listening])
+
+
+def markdown_table(report: dict) -> list[str]:
+    lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
+    return lines + ["| " + " | ".join(row_cells(r)) + " |" for r in report["rounds"]]
+
+
+def format_markdown(report: dict) -> str:
+    """The campaign's table in markdown (the README's tables come from here)."""
+    if not report["rounds"]:
+        return f"campaign `{report['campaign']}`: no rounds yet"
+    return "\n".join([f"Campaign `{report['campaign']}` ({TITLE}):", "", *markdown_table(report)])
+
+
+def format_round_markdown(report: dict, number: int) -> str:
+    """Round `number` for a Prefect markdown artifact: its status and stages, then every round's figures."""
+    row = next(r for r in report["rounds"] if r["round"] == number)
+    lines = [f"# Campaign `{report['campaign']}`, round {number}: {row['status']}", ""]
+    if row["error"]:
+        lines += [f"**Failed:** `{row['error']}`; `speechalign round` resumes it from its last completed stage.", ""]
+    lines += ["| stage | status | seconds | attempts |", "|---|---|---:|---:|"]
+    lines += [f"| {name} | {st['status']} | {st['seconds'] or 0:.1f} | {st['attempts']} |"
+              for name, st in row["stages"].items()]
+    lines += ["", "## All rounds (round 0 = base model)", "", *markdown_table(report)]
+    lines += ["", f"Registered model `{report['registered_model']}`" +
+              (f", version {row['mlflow_version']} (parent {row['parent_version']})." if row["mlflow_version"] else ".")]
+    return "\n".join(lines)
 
 
 def format_listening(figures: dict) -> str:
@@ -114,58 +142,36 @@ def aligned(cells: list[list[str]]) -> list[str]:
     return lines
 
 
-def format_markdown(report: dict, number: int) -> str:
-    """Round `number` for a Prefect markdown artifact: its status and stages, then every round's figures."""
-    row = next(r for r in report["rounds"] if r["round"] == number)
-    lines = [f"# Campaign `{report['campaign']}`, round {number}: {row['status']}", ""]
-    if row["error"]:
-        lines += [f"**Failed:** `{row['error']}`; `speechalign round` resumes it from its last completed stage.", ""]
-    lines += ["| stage | status | seconds | attempts |", "|---|---|---:|---:|"]
-    lines += [f"| {name} | {st['status']} | {st['seconds'] or 0:.1f} | {st['attempts']} |"
-              for name, st in row["stages"].items()]
-    lines += ["", "## All rounds (round 0 = base model)", "",
-              "| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
-    lines += ["| " + " | ".join(row_cells(r)) + " |" for r in report["rounds"]]
-    lines += ["", f"Registered model `{report['registered_model']}`" +
-              (f", version {row['mlflow_version']} (parent {row['parent_version']})." if row["mlflow_version"] else ".")]
-    return "\n".join(lines)
-
-
-def heldout_figures(results: dict) -> dict:
-    """A round's held-out figures, from its stage results."""
-    return {k: v for k, v in results.get("evaluate", {}).items() if k.startswith("heldout/")}
-
-
 def ablation_report(cfg: Config, campaigns: list[str]) -> dict:
     """Per campaign of an ablation: its criterion, its last completed round's held-out figures, its pairs,
     pair yield and guard/promotion decisions; plus the base model's row (round 0)."""
-    from speechalign.tasks.guard import heldout_directions  # noqa: PLC0415
-
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     rows, base = [], None
     for name in campaigns:
         campaign = store.campaign(name)
         if campaign is None:
             rows.append({"campaign": name, "criterion": None, "rounds": 0})
             continue
-        done = [(r, {n: st.result or {} for n, st in store.stages(r.id).items()})
-                for r in store.rounds(campaign.id) if r.status == "completed"]
+        done = [(r, round_record(store, r)) for r in store.rounds(campaign.id) if r.status == "completed"]
         if base is None and done and done[0][0].number == 0:
-            base = {"campaign": "base model (round 0)", "criterion": "-", "rounds": 0, **heldout_figures(done[0][1])}
-        rounds = [(r, results) for r, results in done if r.number > 0]
-        pairs = [results["pairs"] for _, results in rounds]
+            base = {"campaign": "base model (round 0)", "criterion": "-", "rounds": 0, **heldout(done[0][1])}
+        rounds = [(r, record) for r, record in done if r.number > 0]
+        pairs = [record.figures() for _, record in rounds]
         decisions = [store.decisions(r.id) for r, _ in rounds]
         rows.append({
             "campaign": name, "criterion": campaign.config.get("pairs", {}).get("criterion"), "rounds": len(rounds),
-            **(heldout_figures(rounds[-1][1]) if rounds else {}),
-            "pairs": sum(p.get("pairs", 0) for p in pairs),
-            "pair_yield": statistics.fmean(p["pair_yield"] for p in pairs) if pairs and all("pair_yield" in p for p in pairs)
-            else None,
+            **(heldout(rounds[-1][1]) if rounds else {}),
+            "pairs": sum(int(p.get("pairs/pairs", 0)) for p in pairs),
+            "pair_yield": statistics.fmean(p["pairs/pair_yield"] for p in pairs) if pairs else None,
             "guard_flags": sum(d.get("guard") is not None and d["guard"].verdict == "flagged" for d in decisions),
             "promoted": sum(d.get("promotion") is not None and d["promotion"].verdict == "promoted" for d in decisions),
         })
     metrics = sorted({k for r in rows + [base or {}] for k in r if k.startswith("heldout/")})
-    return {"rows": ([base] if base else []) + rows, "metrics": metrics, "directions": heldout_directions(cfg)}
+    return {"rows": ([base] if base else []) + rows, "metrics": metrics, "directions": heldout_directions(cfg.score)}
+
+
+def heldout(record) -> dict[str, float]:
+    return {k: v for k, v in record.figures().items() if k.startswith("heldout/")}
 
 
 def format_ablation(report: dict) -> str:

@@ -21,12 +21,19 @@ def client(cfg: Config) -> MlflowClient:
     return MlflowClient(cfg.tracking_uri)
 
 
+# The MLflow UI opens an experiment by its kind: model training (runs, charts, models), not GenAI traces.
+EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
+
+
 def experiment_id(cfg: Config, c: MlflowClient) -> str:
     name = f"speechalign-{cfg.campaign.name}"
     exp = c.get_experiment_by_name(name)
-    if exp is not None:
-        return exp.experiment_id
-    return c.create_experiment(name, artifact_location=cfg.artifact_location, tags={CAMPAIGN_TAG: cfg.campaign.name})
+    if exp is None:
+        return c.create_experiment(name, artifact_location=cfg.artifact_location,
+                                   tags={CAMPAIGN_TAG: cfg.campaign.name, EXPERIMENT_KIND_TAG: MODEL_TRAINING})
+    if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an earlier version
+        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
+    return exp.experiment_id
 
 
 def _find_or_create_run(c: MlflowClient, exp_id: str, tags: dict[str, str], run_name: str) -> str:

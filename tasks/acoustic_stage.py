@@ -2,41 +2,89 @@
 
 It learns from the train split's golden tokens only; its per-layer accuracy on the held-out
 split goes into its report (acoustic.json) so a user sees how well it generalises.
+
+The demo ships the stage this recipe trains for the demo corpus (models/demo_codec/acoustic/, made by
+`speechalign demo` and copied there). Its recipe fingerprint names everything training depends on: the
+codec's weights, the train split's golden tokens and speakers, the stage's config, steps and seed. A
+bootstrap whose fingerprint is the shipped one takes the shipped stage instead of training the same model
+again (2-3 minutes on a 2-core CPU); any other corpus, codec or setting trains its own.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
+import logging
+import shutil
+from dataclasses import asdict
+from importlib.resources import files
+from pathlib import Path
 
 import numpy as np
 
 from speechalign.config import Config
 from speechalign.models.acoustic import CONFIG_NAME, AcousticConfig, is_saved_acoustic, layer_accuracy, train_acoustic
 from speechalign.models.codec import load_codec
-from speechalign.tasks.decode import acoustic_dir
-from speechalign.tasks.stage import log, open_store
+from speechalign.preference_store.store import open_store
+from speechalign.tasks.progress import Progress
+
+log = logging.getLogger(__name__)
 
 
 def train_acoustic_stage(cfg: Config) -> dict:
-    out = acoustic_dir(cfg)
+    out = cfg.layout.acoustic
     if cfg.codec.acoustic != "model":
         return {"acoustic": cfg.codec.acoustic}
     if is_saved_acoustic(out):
         log.info("bootstrap: acoustic stage already in %s", out)
-        return {k: v for k, v in json.loads((out / CONFIG_NAME).read_text())["training"].items() if k != "history"}
-    store = open_store(cfg)
+        return training_report(out)
+    store = open_store(cfg.store_url)
     train, heldout = store.prompts("train"), store.prompts("heldout")
-    codec = load_codec(*cfg.codec_files())
+    codec = load_codec(*cfg.codec.files())
     golden = [np.asarray(p.golden_tokens, dtype=np.int64) for p in train]
     if golden and golden[0].shape[0] < codec.n_q:
         raise RuntimeError(f"the store's golden tokens have {golden[0].shape[0]} RVQ layers, the codec {codec.n_q}: "
                            "bootstrap a new work directory with this codec")
     config = AcousticConfig(n_q=codec.n_q, codebook_size=codec.quantizer.bins,
                             speakers=sorted({p.speaker for p in train if p.speaker}))
-    model, report = train_acoustic(golden, [p.speaker for p in train], config, cfg.codec.acoustic_steps,
-                                   cfg.model.seed, log=log.info)
+    fingerprint = recipe_fingerprint(cfg, config, train)
+    if shipped_fingerprint() == fingerprint:
+        log.info("bootstrap: the shipped acoustic stage (%s) was trained on this recipe; using it", SHIPPED)
+        shutil.copytree(SHIPPED, out)
+        return {**training_report(out), "shipped": str(SHIPPED)}
+    steps = cfg.codec.acoustic_steps
+    with Progress(f"acoustic stage: {steps} training steps", steps, "step") as progress:
+        model, report = train_acoustic(golden, [p.speaker for p in train], config, steps, cfg.model.seed,
+                                       log=log.debug, on_step=lambda step, loss: progress.set(step, loss=loss))
+    report["fingerprint"] = fingerprint
     if heldout:
         accuracy = layer_accuracy(model, [np.asarray(p.golden_tokens) for p in heldout], [p.speaker for p in heldout])
         report["heldout_layer_accuracy"] = [round(a, 4) for a in accuracy]
     model.save(out, report)
     return {k: v for k, v in report.items() if k != "history"}
+
+
+SHIPPED = Path(str(files("speechalign.models") / "demo_codec" / "acoustic"))
+
+
+def training_report(path: Path) -> dict:
+    return {k: v for k, v in json.loads((path / CONFIG_NAME).read_text())["training"].items() if k != "history"}
+
+
+def shipped_fingerprint() -> str | None:
+    return training_report(SHIPPED).get("fingerprint") if is_saved_acoustic(SHIPPED) else None
+
+
+def recipe_fingerprint(cfg: Config, config: AcousticConfig, train: list) -> str:
+    """sha256 of what the trained stage depends on: codec weights, train golden tokens and speakers, config."""
+    digest = hashlib.sha256()
+    for path in cfg.codec.files():
+        digest.update(hashlib.sha256(path.read_bytes()).digest())
+    digest.update(json.dumps({"config": asdict(config), "steps": cfg.codec.acoustic_steps, "seed": cfg.model.seed,
+                              "version": FINGERPRINT_VERSION}, sort_keys=True).encode())
+    for p in train:
+        digest.update(json.dumps([p.utterance_id, p.speaker, p.golden_tokens]).encode())
+    return digest.hexdigest()
+
+
+FINGERPRINT_VERSION = 1  # raise when train_acoustic changes what it makes from the same inputs

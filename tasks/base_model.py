@@ -7,6 +7,7 @@ completion only). With `model.sft_epochs = 0` a user's model is taken as it is.
 
 from __future__ import annotations
 
+import logging
 import os
 
 import torch
@@ -17,8 +18,9 @@ from trl import SFTConfig, SFTTrainer
 from speechalign.config import Config
 from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, completion_text, load_user_model
 from speechalign.preference_store.schema import Prompt
-from speechalign.tasks.progress import ProgressLog
-from speechalign.tasks.stage import log
+from speechalign.tasks.training_progress import TrainingProgress
+
+log = logging.getLogger(__name__)
 
 
 def initial_model(cfg: Config, codebook_size: int, speakers: list[str]) -> CodecLM:
@@ -45,7 +47,7 @@ def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir
         gradient_checkpointing=False, seed=m.seed, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=data, processing_class=lm.tokenizer,
-                         callbacks=[ProgressLog("bootstrap SFT", ("loss", "mean_token_accuracy"))])
+                         callbacks=[TrainingProgress("bootstrap SFT", ("loss", "mean_token_accuracy"))])
     trainer.remove_callback(PrinterCallback)
     output = trainer.train()
     logs = [h for h in trainer.state.log_history if "mean_token_accuracy" in h]

@@ -24,8 +24,7 @@ from speechalign.models import audio_quality as aq
 from speechalign.models.acoustic import is_saved_acoustic, load_acoustic
 from speechalign.models.codec import load_codec
 from speechalign.models.speech import Synthesizer
-from speechalign.tasks.decode import acoustic_dir
-from speechalign.tasks.stage import open_store
+from speechalign.preference_store.store import open_store
 
 CONDITIONS = ("codec, 8 layers", "layer 1 + acoustic stage", "layer 1 only", "white noise")
 
@@ -36,12 +35,12 @@ def read_16k(path: str) -> np.ndarray:
 
 
 def reconstruction_figures(cfg: Config, limit: int = 40) -> dict:
-    prompts = open_store(cfg).prompts("heldout")[:limit]
+    prompts = open_store(cfg.store_url).prompts("heldout")[:limit]
     if not prompts:
         raise RuntimeError("the store has no held-out prompts; run `speechalign bootstrap` first")
-    codec = load_codec(*cfg.codec_files())
+    codec = load_codec(*cfg.codec.files())
     full = Synthesizer(codec, None)
-    staged = Synthesizer(codec, load_acoustic(acoustic_dir(cfg))) if is_saved_acoustic(acoustic_dir(cfg)) else None
+    staged = Synthesizer(codec, load_acoustic(cfg.layout.acoustic)) if is_saved_acoustic(cfg.layout.acoustic) else None
     refs = [read_16k(p.golden_audio_path) for p in prompts]
     seconds = sum(len(r) for r in refs) / aq.SAMPLE_RATE
     outputs, timing = {}, {}

@@ -1,33 +1,105 @@
-"""Decode: every sample of the round becomes a 16 kHz WAV under the round's directory.
+"""Decode: samples become 16 kHz WAVs under the round's directory, when something will listen to them.
 
-Layer-1 units -> acoustic stage -> codec decoder (models/speech.py). The WAV's path goes into the
-sample's `audio_path`; a resumed stage decodes only samples whose file is not there yet, and each
-file is written under a temporary name and renamed, so a killed stage never leaves half a WAV. A
-sample that cannot be decoded is named in the stage's result (`failed`) and left without audio;
-the others are decoded.
+Layer-1 units -> acoustic stage -> codec decoder (models/speech.py). Held-out samples are always decoded
+(every held-out metric and the listening page use them). A round's golden and candidate samples are
+decoded only when a metric that needs audio scores them (tasks/score.py `candidate_metrics`: the pair
+criterion ranks by it, or score.candidates = "all"); under golden_vs_synthetic nothing ranks candidates
+by their sound, and the listening page decodes the few it plays when it draws them.
+
+The WAV's path goes into the sample's `audio_path`; a resumed stage decodes only samples whose file is
+not there yet, and each file is written under a temporary name and renamed, so a killed stage never
+leaves half a WAV. A sample that cannot be decoded is named in the result (`failed`) and left without
+audio; the others are decoded.
 """
 
 from __future__ import annotations
 
+import logging
 import time
+from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
 
 from speechalign.config import Config
+from speechalign.faults import fault_point
+from speechalign.layout import Layout
 from speechalign.models.acoustic import load_acoustic
 from speechalign.models.codec import load_codec
+from speechalign.models.metrics import needs_audio
 from speechalign.models.speech import Synthesizer
-from speechalign.tasks.import_corpus import safe_name
-from speechalign.tasks.progress import StageProgress
-from speechalign.tasks.stage import fault_point, log, open_store, round_dir
+from speechalign.preference_store.schema import Sample
+from speechalign.preference_store.store import PreferenceStore
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.progress import Progress
+from speechalign.tasks.results import Audio, Candidates
+from speechalign.tasks.score import candidate_metrics
+from speechalign.tasks.stage import stage
 
-ACOUSTIC_DIR = "models/acoustic"
+log = logging.getLogger(__name__)
 
 
-def acoustic_dir(cfg: Config) -> Path:
-    return cfg.workdir / ACOUSTIC_DIR
+@stage
+def decode(ctx: RoundContext, candidates: Candidates) -> Audio:
+    if not needs_audio(candidate_metrics(ctx.cfg)):
+        log.info("decode: no metric listens to round %d's candidates (pairs.criterion %s); none decoded",
+                 ctx.number, ctx.cfg.pairs.criterion)
+        return Audio(sample_ids=candidates.sample_ids, decoded=0, skipped=len(candidates.sample_ids))
+    return decode_samples(ctx.cfg, ctx.store, ctx.number, candidates.sample_ids)
+
+
+def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids: Iterable[int]) -> Audio:
+    """Decode the samples (of round `number`) that have no WAV yet, in batches."""
+    ids = tuple(sample_ids)
+    prompts = {p.id: p for p in store.prompts()}
+    samples = [s for s in store.samples_by_id(ids).values() if not (s.audio_path and Path(s.audio_path).is_file())]
+    if not samples:
+        return Audio(sample_ids=ids, decoded=0, skipped=0)
+    synth = synthesizer(cfg)
+    batch_size = cfg.codec.decode_batch_size
+    started, seconds, failed = time.monotonic(), 0.0, {}
+    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
+    with Progress(f"decode: {len(samples)} samples of round {number} to WAV", len(samples), "sample") as progress:
+        for batch in batches:
+            paths = write_batch(cfg.layout, synth, number, batch, prompts, failed)
+            store.set_audio_paths(paths)
+            seconds += sum(sf.info(p).frames for p in paths.values()) / synth.sample_rate
+            progress.advance(len(batch))
+            fault_point("decode", "mid")
+    wall = time.monotonic() - started
+    return Audio(sample_ids=ids, decoded=len(samples) - len(failed), skipped=0, failed=failed,
+                 audio_seconds=round(seconds, 1), seconds=round(wall, 1),
+                 real_time_factor=round(wall / seconds, 4) if seconds else None)
+
+
+def decode_for_listening(cfg: Config, store: PreferenceStore, samples: list[Sample]) -> dict[int, str]:
+    """WAVs of samples a listening test drew that nothing decoded before; {sample id: path} of those decoded."""
+    by_round: dict[int, list[int]] = {}
+    for s in samples:
+        by_round.setdefault(s.round_id, []).append(s.id)
+    for round_id, ids in by_round.items():
+        decode_samples(cfg, store, store.round(round_id).number, ids)
+    decoded = store.samples_by_id(s.id for s in samples)
+    return {i: s.audio_path for i, s in decoded.items() if s.audio_path}
+
+
+def write_batch(layout: Layout, synth: Synthesizer, number: int, batch: list[Sample], prompts: dict,
+                failed: dict[str, str]) -> dict[int, str]:
+    """Decode one batch to WAV files; a sample that fails is recorded in `failed` (the rest go on)."""
+    wavs = synth.synthesize_each([s.tokens for s in batch], [prompts[s.prompt_id].speaker for s in batch],
+                                 len(batch))
+    paths = {}
+    for s, wav in zip(batch, wavs):
+        utterance = prompts[s.prompt_id].utterance_id
+        if isinstance(wav, Exception):
+            failed[str(s.id)] = f"{s.kind} sample k={s.k} of {utterance}: {wav.__class__.__name__}: {wav}"
+            log.warning("decode: %s", failed[str(s.id)])
+            continue
+        path = layout.audio_file(number, s.kind, s.prompt_id, utterance, s.k)
+        write_wav(path, wav, synth.sample_rate)
+        paths[s.id] = str(path)
+    return paths
 
 
 @lru_cache(maxsize=2)
@@ -38,12 +110,8 @@ def _synthesizer(codec_config: str, codec_checkpoint: str, acoustic: str | None)
 
 def synthesizer(cfg: Config) -> Synthesizer:
     """The campaign's units-to-audio path, loaded once per worker process."""
-    acoustic = str(acoustic_dir(cfg)) if cfg.codec.acoustic == "model" else None
-    return _synthesizer(*map(str, cfg.codec_files()), acoustic)
-
-
-def audio_file(cfg: Config, number: int, kind: str, prompt_id: int, utterance_id: str, k: int) -> Path:
-    return round_dir(cfg, number) / "audio" / kind / f"p{prompt_id}_{safe_name(utterance_id)[:80]}_k{k}.wav"
+    acoustic = str(cfg.layout.acoustic) if cfg.codec.acoustic == "model" else None
+    return _synthesizer(*map(str, cfg.codec.files()), acoustic)
 
 
 def write_wav(path: Path, audio, sample_rate: int) -> None:
@@ -51,41 +119,3 @@ def write_wav(path: Path, audio, sample_rate: int) -> None:
     tmp = path.with_name(path.name + ".part")
     sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")
     tmp.replace(path)
-
-
-def decode_samples(cfg: Config, round_id: int, kinds: tuple[str, ...] = ("golden", "candidate")) -> dict:
-    store = open_store(cfg)
-    number = store.round(round_id).number
-    prompts = {p.id: p for p in store.prompts()}
-    samples = [s for kind in kinds for s in store.samples(round_id, kind)
-               if not (s.audio_path and Path(s.audio_path).is_file())]
-    if not samples:
-        return {"decoded": 0}
-    synth = synthesizer(cfg)
-    batch_size = cfg.codec.decode_batch_size
-    progress = StageProgress("decode", f"decode: {len(samples)} samples of round {number} to WAV")
-    started, seconds, failed = time.monotonic(), 0.0, {}
-    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-    for n, batch in enumerate(batches, start=1):
-        wavs = synth.synthesize_each([s.tokens for s in batch], [prompts[s.prompt_id].speaker for s in batch],
-                                     batch_size)
-        paths = {}
-        for s, wav in zip(batch, wavs):
-            utterance = prompts[s.prompt_id].utterance_id
-            if isinstance(wav, Exception):  # recorded, and the rest of the round goes on without its audio
-                failed[str(s.id)] = f"{s.kind} sample k={s.k} of {utterance}: {wav.__class__.__name__}: {wav}"
-                log.warning("decode: %s", failed[str(s.id)])
-                continue
-            path = audio_file(cfg, number, s.kind, s.prompt_id, utterance, s.k)
-            write_wav(path, wav, synth.sample_rate)
-            paths[s.id] = str(path)
-            seconds += len(wav) / synth.sample_rate
-        store.set_audio_paths(paths)
-        progress.update(n, len(batches))
-        log.info("decode: batch %d/%d", n, len(batches))
-        fault_point("decode", "mid")
-    wall = time.monotonic() - started
-    return {"decoded": len(samples) - len(failed), "failed": failed, "audio_seconds": round(seconds, 1),
-            "seconds": round(wall, 1),
-            "real_time_factor": round(wall / max(seconds, 1e-9), 4),
-            "acoustic": cfg.codec.acoustic}

@@ -7,16 +7,19 @@ exercises the user's import path instead of a side door.
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
 import subprocess
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 
 from speechalign.audio import resample
+from speechalign.tasks.progress import Progress
 
 SUBJECTS = [
     "the old farmer", "my sister", "a young pilot", "the tired doctor", "our neighbour",
@@ -109,13 +112,20 @@ def build_demo_corpus(out_dir: Path, n_utterances: int, voices: list[str], seed:
     if manifest.exists() and sum(1 for _ in manifest.open()) == n_utterances:
         return manifest
     (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
-    rows = []
-    for i, text in enumerate(demo_sentences(n_utterances, seed)):
+    sentences = demo_sentences(n_utterances, seed)
+
+    def write(i: int) -> dict:
         voice = voices[i % len(voices)]
-        audio = speak(text, voice, speed, sample_rate)
         name = f"wavs/demo-{i:04d}.wav"
-        sf.write(out_dir / name, audio, sample_rate, subtype="PCM_16")
-        rows.append({"id": f"demo-{i:04d}", "text": text, "audio": name, "speaker": voice})
+        sf.write(out_dir / name, speak(sentences[i], voice, speed, sample_rate), sample_rate, subtype="PCM_16")
+        return {"id": f"demo-{i:04d}", "text": sentences[i], "audio": name, "speaker": voice}
+
+    rows = []
+    with Progress(f"demo corpus: espeak-ng speaks {len(sentences)} sentences", len(sentences), "utt") as progress, \
+            ThreadPoolExecutor(os.cpu_count() or 1) as pool:  # each is an espeak-ng process
+        for row in pool.map(write, range(len(sentences))):
+            rows.append(row)
+            progress.advance()
     tmp = manifest.with_suffix(".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
     tmp.replace(manifest)

@@ -15,6 +15,7 @@ set to the Prefect server the round reports to).
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable
 
@@ -22,8 +23,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from speechalign.config import Config
-from speechalign.tasks.progress import StageProgress
-from speechalign.tasks.stage import log
+from speechalign.tasks.progress import Progress
+
+log = logging.getLogger(__name__)
 
 Work = Callable[..., dict]  # work(cfg, round_id, batches, *args, on_batch=None) -> figures to add up
 
@@ -47,14 +49,14 @@ class FanOut:
             self._runner = None
 
     def run(self, work: Work, round_id: int, batches: list[list], *args,
-            progress: StageProgress | None = None) -> list[dict]:
+            progress: Progress | None = None) -> list[dict]:
         """Run `work` over `batches`; one result dict per shard (one in all when local)."""
         if not batches:
             return []
         if self.cfg.scale.runner == "local":
             def on_batch(done: int) -> None:
                 if progress:
-                    progress.update(done, len(batches))
+                    progress.set(done)
             return [work(self.cfg, round_id, batches, *args, on_batch=on_batch)]
         if self._runner is None:
             where = self.cfg.scale.dask_address or f"a local Dask cluster of {self.cfg.scale.workers} workers"
@@ -113,7 +115,7 @@ def prefect_api_url() -> str | None:
 
 
 def _on_dask(runner, cfg: Config, stage: str, work: Work, round_id: int, shards: list[list[list]], args: tuple,
-             progress: StageProgress | None) -> list[dict]:
+             progress: Progress | None) -> list[dict]:
     from prefect.futures import as_completed  # noqa: PLC0415
 
     total = sum(map(len, shards))
@@ -133,7 +135,7 @@ def _on_dask(runner, cfg: Config, stage: str, work: Work, round_id: int, shards:
             continue
         done += futures[future]
         if progress:
-            progress.update(done, total)
+            progress.set(done)
     if failed:
         raise RuntimeError(f"{stage}: {len(failed)} of {len(shards)} shards failed (what the others did is stored; "
                            f"run the round again to finish): {failed[0]}")

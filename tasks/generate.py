@@ -1,26 +1,51 @@
 """Generate: K sampled candidate unit sequences per train prompt with the round's policy.
 
-Also writes each prompt's golden sequence as a sample of the round (kind "golden"), so pairs,
-scores and judgments refer to golden and synthetic sequences the same way.
-Candidates are written one batch at a time; a resumed stage generates only what is missing.
+Also writes each prompt's golden sequence as a sample of the round (kind "golden"), so pairs, scores
+and judgments refer to golden and synthetic sequences the same way. Candidates are written one batch
+at a time; a resumed stage generates only what is missing, with the same seeds.
 """
 
 from __future__ import annotations
 
+import logging
 import random
 
 from speechalign.config import Config
+from speechalign.faults import fault_point
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
+from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.seeds import derive_seed
+from speechalign.tasks.context import RoundContext
 from speechalign.tasks.fan_out import FanOut
-from speechalign.tasks.progress import StageProgress
-from speechalign.tasks.stage import derive_seed, fault_point, log, open_store
+from speechalign.tasks.progress import Progress
+from speechalign.tasks.results import Candidates
+from speechalign.tasks.stage import stage
+
+log = logging.getLogger(__name__)
 
 
-def round_prompts(cfg: Config, number: int) -> list[Prompt]:
+@stage
+def generate(ctx: RoundContext) -> Candidates:
+    store, round_id = ctx.store, ctx.round.id
+    prompts = round_prompts(ctx.cfg, store, ctx.number)
+    store.add_samples(golden_samples(round_id, prompts))
+    done = store.existing_sample_keys(round_id, "candidate")
+    todo = [(p.id, k) for p in prompts for k in range(ctx.cfg.generate.k) if (p.id, k) not in done]
+    size = ctx.cfg.generate.batch_size
+    batches = [todo[i:i + size] for i in range(0, len(todo), size)]
+    with Progress(f"generate: {len(todo)} candidates of round {ctx.number}", len(batches), "batch") as progress, \
+            FanOut(ctx.cfg, "generate") as fan:
+        shards = fan.run(generate_batches, round_id, batches, progress=progress)
+    samples = [s for s in store.samples(round_id) if s.kind in ("golden", "candidate")]
+    return Candidates(sample_ids=tuple(s.id for s in samples), prompts=len(prompts), generated=len(todo),
+                      hit_length_limit=sum(s["unfinished"] for s in shards))
+
+
+def round_prompts(cfg: Config, store: PreferenceStore, number: int) -> list[Prompt]:
     """The train prompts of round `number`: all of them, or a seeded subset that changes every round."""
-    prompts = open_store(cfg).prompts("train")
+    prompts = store.prompts("train")
     if not prompts:
         raise RuntimeError("the store has no train prompts; run `speechalign bootstrap --manifest ...` first")
     n = cfg.generate.prompts_per_round
@@ -35,24 +60,10 @@ def golden_samples(round_id: int, prompts: list[Prompt]) -> list[dict]:
              "finished": True, "seed": None, "sampling": None} for p in prompts]
 
 
-def generate_candidates(cfg: Config, round_id: int) -> dict:
-    store = open_store(cfg)
-    rnd = store.round(round_id)
-    prompts = round_prompts(cfg, rnd.number)
-    store.add_samples(golden_samples(round_id, prompts))
-    done = store.existing_sample_keys(round_id, "candidate")
-    todo = [(p.id, k) for p in prompts for k in range(cfg.generate.k) if (p.id, k) not in done]
-    batches = [todo[i:i + cfg.generate.batch_size] for i in range(0, len(todo), cfg.generate.batch_size)]
-    progress = StageProgress("generate", f"generate: {len(todo)} candidate sequences of round {rnd.number}")
-    with FanOut(cfg, "generate") as fan:
-        shards = fan.run(generate_batches, round_id, batches, progress=progress)
-    return {"prompts": len(prompts), "candidates": len(done) + len(todo), "generated": len(todo),
-            "hit_length_limit": sum(s["unfinished"] for s in shards)}
-
-
 def generate_batches(cfg: Config, round_id: int, batches: list[list[tuple[int, int]]], on_batch=None) -> dict:
-    """Generate and store batches of (prompt id, k) with the round's policy; skip those already stored."""
-    store = open_store(cfg)
+    """Generate and store batches of (prompt id, k) with the round's policy; skip those already stored.
+    Runs in the round's process or in a Dask worker (tasks/fan_out.py), so it opens what it needs."""
+    store = open_store(cfg.store_url)
     rnd = store.round(round_id)
     prompts = {p.id: p for p in store.prompts("train")}
     done = store.existing_sample_keys(round_id, "candidate")
@@ -73,7 +84,7 @@ def generate_batches(cfg: Config, round_id: int, batches: list[list[tuple[int, i
             for i, ((p, k), out) in enumerate(zip(items, outputs))
         ])
         unfinished += sum(not o.finished for o in outputs)
-        log.info("generate: batch %d/%d (%d sequences)", number, len(batches), len(batch))
+        log.debug("generate: batch %d/%d (%d sequences)", number, len(batches), len(batch))
         if on_batch:
             on_batch(number)
         fault_point("generate", "mid")  # some batches written, others not

@@ -14,41 +14,41 @@ Gate (stage `promote`, after register). The round's model version gets the MLflo
 guard.champion_alias only if no held-out metric is worse than the current champion's (the base model
 until a round is promoted) by more than its tolerance. Both decisions, with their reasons and figures,
 go to the store (round_decisions) and onto the round's MLflow run as tags.
+
+`guard_verdict` and `promotion_verdict` decide from their arguments alone; the stages record and act.
 """
 
 from __future__ import annotations
 
-from speechalign.config import Config, named_numbers
-from speechalign.models.metrics import value_directions
-from speechalign.tasks.stage import log, open_store
+import dataclasses
+import logging
+
+from speechalign.config import Config, GuardConfig
+from speechalign.models.metrics import heldout_directions
+from speechalign.preference_store.store import PreferenceStore
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.results import Heldout, Promotion, Registered, RoundRecord, Trained, Verdict
+from speechalign.tasks.stage import stage
 from speechalign.tracking import round_run
 
-EXTRA_HELDOUT = {"golden_nll": False, "finished_rate": True}  # held-out figures evaluate adds to the metrics'
-
-
-def heldout_directions(cfg: Config) -> dict[str, bool]:
-    """Held-out figures that have a better direction (reported-only ones like length_ratio are left out)."""
-    found = {**value_directions(cfg.score.metrics + cfg.score.heldout_metrics), **EXTRA_HELDOUT}
-    return {m: d for m, d in found.items() if d is not None}
-
-
-def regressions(cfg: Config, current: dict, reference: dict, against: str) -> list[str]:
+log = logging.getLogger(__name__)
+def regressions(guard: GuardConfig, directions: dict[str, bool], current: dict[str, float],
+                reference: dict[str, float], against: str) -> list[str]:
     """One sentence per held-out metric that is worse than `reference` by more than its tolerance."""
-    tolerances = named_numbers(cfg.guard.tolerances, "guard.tolerances")
     reasons = []
-    for metric, higher in heldout_directions(cfg).items():
-        now, ref = current.get(f"heldout/{metric}"), reference.get(f"heldout/{metric}")
+    for metric, higher in directions.items():
+        now, ref = current.get(metric), reference.get(metric)
         if now is None or ref is None:
             continue
         worse = (ref - now) if higher else (now - ref)
-        tolerance = tolerances.get(metric, cfg.guard.default_tolerance * abs(ref))
+        tolerance = guard.tolerances.get(metric, guard.default_tolerance * abs(ref))
         if worse > tolerance:
             reasons.append(f"held-out {metric} {now:.4f} vs {ref:.4f} ({against}): worse by {worse:.4f}, "
                            f"tolerance {tolerance:.4f}")
     return reasons
 
 
-def collapse_signals(cfg: Config, final: dict, previous: dict | None = None) -> list[str]:
+def collapse_signals(guard: GuardConfig, final: dict[str, float], previous: dict[str, float] | None = None) -> list[str]:
     """The DPO curve's end shows collapse: saturated accuracy, inflated margin and a falling chosen side, all
     at once. The chosen side falls when its reward is below 0 (less likely than under the reference) or its
     log-probability is below the previous round's (with reference = previous, each round's reference moves)."""
@@ -61,38 +61,77 @@ def collapse_signals(cfg: Config, final: dict, previous: dict | None = None) -> 
     logp, before = final.get("logps/chosen"), (previous or {}).get("logps/chosen")
     if logp is not None and before is not None and logp < before:
         falling.append(f"chosen log-probability {logp:.1f} < {before:.1f} the round before")
-    if acc >= cfg.guard.accuracy_limit and margin >= cfg.guard.margin_limit and falling:
-        return [f"DPO collapse: reward accuracy {acc:.3f} >= {cfg.guard.accuracy_limit}, reward margin {margin:.3f} >= "
-                f"{cfg.guard.margin_limit}, and {' and '.join(falling)}"]
+    if acc >= guard.accuracy_limit and margin >= guard.margin_limit and falling:
+        return [f"DPO collapse: reward accuracy {acc:.3f} >= {guard.accuracy_limit}, reward margin {margin:.3f} >= "
+                f"{guard.margin_limit}, and {' and '.join(falling)}"]
     return []
 
 
-def guard_round(cfg: Config, round_id: int) -> dict:
-    store = open_store(cfg)
-    rnd = store.round(round_id)
-    stages = store.stages(round_id)
-    final, heldout = stages["train"].result["final"], stages["evaluate"].result
-    previous = store.round_number(rnd.campaign_id, rnd.number - 1)
-    earlier = store.stages(previous.id) if previous else {}
-    before = earlier["evaluate"].result if "evaluate" in earlier else {}
-    collapse = collapse_signals(cfg, final, earlier["train"].result["final"] if "train" in earlier else None)
-    regressed = regressions(cfg, heldout, before, f"round {rnd.number - 1}")
-    flagged = bool(collapse or regressed)
-    details = {"dpo": {k: final.get(k) for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen",
-                                                 "logps/chosen")},
-               "heldout": {k: v for k, v in heldout.items() if k.startswith("heldout/")},
-               "previous_heldout": {k: v for k, v in before.items() if k.startswith("heldout/")},
-               "action": cfg.guard.action}
-    store.add_decision(round_id, "guard", "flagged" if flagged else "ok", collapse + regressed, details)
-    if flagged:
-        log.warning("collapse guard flagged round %d (action: %s): %s", rnd.number, cfg.guard.action,
-                    "; ".join(collapse + regressed))
-    return {"flagged": flagged, "collapse": bool(collapse), "reasons": collapse + regressed, "action": cfg.guard.action}
+def guard_verdict(cfg: Config, trained: Trained, heldout: Heldout, previous: RoundRecord | None) -> Verdict:
+    """Flag the round for DPO collapse, or for a held-out regression against the previous round."""
+    before = previous.trained.final if previous and previous.trained else None
+    collapse = collapse_signals(cfg.guard, trained.final, before)
+    regressed = regressions(cfg.guard, heldout_directions(cfg.score), heldout.metrics,
+                            previous.heldout.metrics if previous and previous.heldout else {},
+                            f"round {previous.number}" if previous else "")
+    return Verdict(flagged=bool(collapse or regressed), collapse=bool(collapse), reasons=tuple(collapse + regressed),
+                   action=cfg.guard.action)
 
 
-def stopped_by_guard(cfg: Config, campaign_id: int) -> str | None:
+@stage
+def guard(ctx: RoundContext, trained: Trained, heldout: Heldout, previous: RoundRecord | None) -> Verdict:
+    verdict = guard_verdict(ctx.cfg, trained, heldout, previous)
+    details = {"dpo": {k: trained.final.get(k) for k in ("rewards/accuracies", "rewards/margins", "rewards/chosen",
+                                                         "logps/chosen")},
+               "heldout": heldout.metrics,
+               "previous_heldout": previous.heldout.metrics if previous and previous.heldout else {},
+               "action": verdict.action}
+    ctx.store.add_decision(ctx.round.id, "guard", "flagged" if verdict.flagged else "ok", list(verdict.reasons),
+                           details)
+    if verdict.flagged:
+        log.warning("collapse guard flagged round %d (action: %s): %s", ctx.number, verdict.action,
+                    "; ".join(verdict.reasons))
+    return verdict
+
+
+def promotion_verdict(cfg: Config, heldout: Heldout, champion: RoundRecord, verdict: Verdict) -> Promotion:
+    """Promoted, refused or off (no alias configured): no held-out metric may be worse than the champion's."""
+    registered = champion.get(Registered)
+    against = (f"champion round {champion.number}, version {registered.version}" if champion.number > 0 and registered
+               else "base model, round 0")
+    reference = champion.heldout.metrics if champion.heldout else {}
+    reasons = regressions(cfg.guard, heldout_directions(cfg.score), heldout.metrics, reference, against)
+    if verdict.flagged and cfg.guard.action == "refuse_promotion":
+        reasons.append("the collapse guard flagged this round: " + "; ".join(verdict.reasons))
+    alias = cfg.guard.champion_alias
+    return Promotion(verdict="off" if not alias else "refused" if reasons else "promoted", reasons=tuple(reasons),
+                     against=against, alias=alias)
+
+
+@stage
+def promote(ctx: RoundContext, registered: Registered, heldout: Heldout, verdict: Verdict) -> Promotion:
+    cfg, store = ctx.cfg, ctx.store
+    decision = promotion_verdict(cfg, heldout, ctx.champion, verdict)
+    c, _, run_id = round_run(cfg, store, ctx.campaign, ctx.round)
+    if decision.verdict == "promoted":
+        c.set_registered_model_alias(cfg.registered_model, decision.alias, registered.version)
+        store.set_promoted(ctx.round.id)
+    store.add_decision(ctx.round.id, "promotion", decision.verdict, list(decision.reasons),
+                       {"against": decision.against, "alias": decision.alias, "version": registered.version})
+    decisions = store.decisions(ctx.round.id)  # the recorded decisions (a resumed stage keeps the first ones)
+    for kind, d in decisions.items():
+        c.set_tag(run_id, f"speechalign.{kind}", d.verdict)
+        c.set_tag(run_id, f"speechalign.{kind}.reasons", ("; ".join(d.reasons) or "none")[:4900])
+    c.set_terminated(run_id)
+    log.info("round %d promotion: %s%s", ctx.number, decision.verdict,
+             f" ({'; '.join(decision.reasons)})" if decision.reasons else "")
+    recorded = decisions["promotion"]
+    return dataclasses.replace(decision, verdict=recorded.verdict, reasons=tuple(recorded.reasons),
+                               version=registered.version)
+
+
+def stopped_by_guard(cfg: Config, store: PreferenceStore, campaign_id: int) -> str | None:
     """Why the campaign may not run another round (its guard stopped it), or None."""
-    store = open_store(cfg)
     if cfg.guard.action != "stop":
         return None
     for rnd in reversed(store.rounds(campaign_id)):
@@ -105,38 +144,3 @@ def stopped_by_guard(cfg: Config, campaign_id: int) -> str | None:
                         "the unanimous criterion")
             return None
     return None
-
-
-def promote_round(cfg: Config, round_id: int) -> dict:
-    store = open_store(cfg)
-    rnd = store.round(round_id)
-    campaign = store.campaign(cfg.campaign.name)
-    checkpoint = store.checkpoint(round_id)
-    stages = store.stages(round_id)
-    heldout, guard = stages["evaluate"].result, stages["guard"].result
-    champion = store.champion(campaign.id)
-    if champion:
-        against, reference = f"champion round {champion[0].number}, version {champion[1].mlflow_version}", \
-            store.stages(champion[0].id)["evaluate"].result
-    else:
-        base = store.round_number(campaign.id, 0)
-        against, reference = "base model, round 0", store.stages(base.id)["evaluate"].result
-    reasons = regressions(cfg, heldout, reference, against)
-    if guard["flagged"] and cfg.guard.action == "refuse_promotion":
-        reasons.append("the collapse guard flagged this round: " + "; ".join(guard["reasons"]))
-    alias = cfg.guard.champion_alias
-    verdict = "off" if not alias else "refused" if reasons else "promoted"
-    c, _, run_id = round_run(cfg, store, campaign, rnd)
-    if verdict == "promoted":
-        c.set_registered_model_alias(cfg.registered_model, alias, checkpoint.mlflow_version)
-        store.set_promoted(round_id)
-    store.add_decision(round_id, "promotion", verdict, reasons, {"against": against, "alias": alias,
-                                                                  "version": checkpoint.mlflow_version})
-    decision = store.decisions(round_id)  # the recorded decisions (a resumed stage keeps the first ones)
-    for kind, d in decision.items():
-        c.set_tag(run_id, f"speechalign.{kind}", d.verdict)
-        c.set_tag(run_id, f"speechalign.{kind}.reasons", ("; ".join(d.reasons) or "none")[:4900])
-    c.set_terminated(run_id)
-    log.info("round %d promotion: %s%s", rnd.number, verdict, f" ({'; '.join(reasons)})" if reasons else "")
-    return {"verdict": decision["promotion"].verdict, "reasons": decision["promotion"].reasons, "against": against,
-            "alias": alias, "version": checkpoint.mlflow_version}

@@ -16,8 +16,10 @@ import numpy as np
 import soundfile as sf
 
 from speechalign.audio import resample
+from speechalign.layout import safe_name
 from speechalign.models.codec import encode
 from speechalign.preference_store.store import PreferenceStore
+from speechalign.tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -122,10 +124,6 @@ def load_row_audio(path: Path, sample_rate: int, line: int, utt: str, problems: 
     return mono.astype(np.float32), repaired
 
 
-def safe_name(utterance_id: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in utterance_id)
-
-
 def assign_splits(utterance_ids: list[str], heldout_fraction: float, seed: int) -> dict[str, str]:
     """A seeded shuffle; the first ceil(fraction * n) are held out (at least one if any fraction is asked)."""
     order = sorted(utterance_ids)
@@ -142,7 +140,12 @@ def import_corpus(store: PreferenceStore, codec, manifest: Path, min_seconds: fl
     known = store.known_utterances()
     new = [r for r in rows if r.utterance_id not in known]
     splits = assign_splits([r.utterance_id for r in new], heldout_fraction, split_seed)
-    codes = encode(codec, [r.audio for r in new], batch_size)
+    codes = []
+    with Progress(f"import: golden tokens of {len(new)} recordings", len(new), "recording") as progress:
+        for start in range(0, len(new), 8 * batch_size):
+            chunk = [r.audio for r in new[start:start + 8 * batch_size]]
+            codes += encode(codec, chunk, batch_size)
+            progress.advance(len(chunk))
     store.add_prompts([
         {"utterance_id": r.utterance_id, "text": r.text, "speaker": r.speaker, "golden_audio_path": str(r.audio_path),
          "golden_tokens": c.tolist(), "num_frames": int(c.shape[1]), "duration_s": len(r.audio) / codec.sample_rate,

@@ -1,12 +1,4 @@
-"""Pairs: preference pairs from a round's scored samples, by the campaign's criterion.
-
-- golden_vs_synthetic (SpeechAlign): chosen = the golden units of the recording, rejected = each of the
-  model's candidates for that prompt (a candidate identical to the golden is no preference).
-- unanimous (GenSR-Pref): among a prompt's candidates (and its golden sample, with
-  pairs.include_golden), a pair is kept only when one sample beats the other on every metric of
-  pairs.metrics, each by more than its margin (pairs.margins, default 0). No fixed winner, so the
-  policy is never pushed toward one target whatever it costs on the other metrics.
-- single:<metric>: the same with one metric, for ablations.
+"""Pairs: preference pairs from a round's scored samples, by the campaign's criterion (tasks/criteria.py).
 
 The stage reports the pair yield (pairs kept / candidate pairs considered) and how different the
 candidates of a prompt are (mean normalised unit edit distance between them): when samples of one
@@ -21,135 +13,14 @@ round of the campaign); held-out samples never train. They join the round's auto
 
 from __future__ import annotations
 
-import itertools
-import statistics
 from collections import Counter, defaultdict
-from dataclasses import dataclass
 
-from rapidfuzz.distance import Levenshtein
-
-from speechalign.config import Config, named_numbers
-from speechalign.models.metrics import value_directions
 from speechalign.preference_store.judgments import judged_items
-from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.stage import open_store
-
-Scores = dict[int, dict[str, float | None]]
-PairRow = tuple[Sample, Sample, dict]
-
-
-@dataclass
-class Selection:
-    pairs: list[PairRow]
-    considered: int  # candidate pairs the criterion looked at
-    skipped_unscored: int = 0  # pairs left out because a sample has no value for a needed metric
-
-
-def golden_vs_synthetic(samples: list[Sample], scores: Scores, cfg: Config) -> Selection:
-    pairs, considered = [], 0
-    for kinds in by_prompt(samples).values():
-        for golden in kinds["golden"]:
-            considered += len(kinds["candidate"])
-            rejected = [c for c in kinds["candidate"] if c.tokens != golden.tokens]
-            if cfg.pairs.max_pairs_per_prompt:
-                # keep the candidates furthest from the golden: the clearest preferences
-                rejected.sort(key=lambda c: -(scores.get(c.id, {}).get("unit_edit_distance") or 0.0))
-                rejected = rejected[: cfg.pairs.max_pairs_per_prompt]
-            for cand in rejected:
-                pairs.append((golden, cand, margins(scores.get(golden.id, {}), scores.get(cand.id, {}))))
-    return Selection(pairs, considered)
-
-
-def unanimous(samples: list[Sample], scores: Scores, cfg: Config, metrics: list[str] | None = None) -> Selection:
-    metrics = metrics or cfg.pairs.metrics
-    directions = value_directions(cfg.score.metrics)
-    need = named_numbers(cfg.pairs.margins, "pairs.margins")
-    sel = Selection([], 0)
-    for kinds in by_prompt(samples).values():
-        pool = kinds["candidate"] + (kinds["golden"] if cfg.pairs.include_golden else [])
-        kept = []
-        for a, b in itertools.combinations(pool, 2):
-            sel.considered += 1
-            if a.tokens == b.tokens:
-                continue
-            va, vb = scores.get(a.id, {}), scores.get(b.id, {})
-            if any(va.get(m) is None or vb.get(m) is None for m in metrics):
-                sel.skipped_unscored += 1
-                continue
-            # a's advantage over b on each metric, signed so that positive is better
-            gain = {m: (va[m] - vb[m]) * (1 if directions[m] else -1) for m in metrics}
-            if all(g > need.get(m, 0.0) for m, g in gain.items()):
-                kept.append((a, b, margins(va, vb), gain))
-            elif all(-g > need.get(m, 0.0) for m, g in gain.items()):
-                kept.append((b, a, margins(vb, va), gain))
-        if cfg.pairs.max_pairs_per_prompt:
-            kept.sort(key=lambda p: -min(abs(g) for g in p[3].values()))  # the clearest wins first
-            kept = kept[: cfg.pairs.max_pairs_per_prompt]
-        sel.pairs += [(c, r, m) for c, r, m, _ in kept]
-    return sel
-
-
-def single(metric: str):
-    def criterion(samples: list[Sample], scores: Scores, cfg: Config) -> Selection:
-        return unanimous(samples, scores, cfg, [metric])
-    return criterion
-
-
-def by_prompt(samples: list[Sample]) -> dict[int, dict[str, list[Sample]]]:
-    grouped: dict[int, dict[str, list[Sample]]] = defaultdict(lambda: defaultdict(list))
-    for s in samples:
-        grouped[s.prompt_id][s.kind].append(s)
-    return grouped
-
-
-def margins(chosen: dict[str, float | None], rejected: dict[str, float | None]) -> dict[str, float]:
-    """chosen - rejected for every metric both have a value for."""
-    return {m: chosen[m] - rejected[m] for m in chosen
-            if chosen.get(m) is not None and rejected.get(m) is not None}
-
-
-CRITERIA = ("golden_vs_synthetic", "unanimous", "single:<metric>")
-
-
-def criterion_function(cfg: Config):
-    name = cfg.pairs.criterion
-    if name == "golden_vs_synthetic":
-        return golden_vs_synthetic
-    if name == "unanimous":
-        return unanimous
-    if name.startswith("single:"):
-        return single(name.removeprefix("single:"))
-    raise ValueError(f"pairs.criterion = {name!r}; it can be {', '.join(CRITERIA)}")
-
-
-def check_criterion(cfg: Config) -> None:
-    """The criterion exists and every metric it ranks by is produced by a [score] plug-in and has a direction."""
-    criterion_function(cfg)
-    named_numbers(cfg.pairs.margins, "pairs.margins")
-    directions = value_directions(cfg.score.metrics)  # both raise on a plug-in name that does not exist
-    heldout_only = value_directions(cfg.score.heldout_metrics)
-    if cfg.pairs.criterion == "golden_vs_synthetic":
-        return
-    names = cfg.pairs.metrics if cfg.pairs.criterion == "unanimous" else [cfg.pairs.criterion.removeprefix("single:")]
-    if not names:
-        raise ValueError("pairs.metrics is empty; the unanimous criterion needs at least one metric")
-    for m in names:
-        if m not in directions and m in heldout_only:
-            raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which is scored on held-out samples "
-                             "only (score.heldout_metrics); add its plug-in to score.metrics to score every candidate")
-        if m not in directions:
-            raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which no [score] metric produces; "
-                             f"score.metrics {cfg.score.metrics} give {', '.join(directions)}")
-        if directions[m] is None:
-            raise ValueError(f"{m!r} has no better direction (it is reported only) and cannot rank samples")
-
-
-def candidate_diversity(samples: list[Sample]) -> float | None:
-    """Mean normalised unit edit distance between the candidates of each prompt (0: all identical)."""
-    dists = [Levenshtein.normalized_distance(a.tokens, b.tokens)
-             for kinds in by_prompt(samples).values() for a, b in itertools.combinations(kinds["candidate"], 2)]
-    return statistics.fmean(dists) if dists else None
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.criteria import candidate_diversity, criterion_function
+from speechalign.tasks.results import Pairs, Scores
+from speechalign.tasks.stage import stage
 
 
 def human_pairs(store: PreferenceStore, campaign_id: int, round_id: int) -> list[dict]:
@@ -173,24 +44,25 @@ def human_pairs(store: PreferenceStore, campaign_id: int, round_id: int) -> list
     return rows
 
 
-def build_pairs(cfg: Config, round_id: int) -> dict:
+@stage
+def build_pairs(ctx: RoundContext, scores: Scores) -> Pairs:
+    cfg, store, round_id = ctx.cfg, ctx.store, ctx.round.id
     criterion = cfg.pairs.criterion
-    store = open_store(cfg)
-    samples = [s for s in store.samples(round_id) if s.kind in ("golden", "candidate")]
+    wanted = set(scores.sample_ids)
+    samples = [s for s in store.samples(round_id) if s.id in wanted and s.kind in ("golden", "candidate")]
     selection = criterion_function(cfg)(samples, store.scores(round_id), cfg)
     store.add_pairs([{"round_id": round_id, "prompt_id": chosen.prompt_id, "chosen_sample_id": chosen.id,
                       "rejected_sample_id": rejected.id, "criterion": criterion, "margins": m, "source": "auto"}
                      for chosen, rejected, m in selection.pairs])
     if cfg.pairs.human == "mix":
-        store.add_pairs(human_pairs(store, store.round(round_id).campaign_id, round_id))
-    candidates = sum(s.kind == "candidate" for s in samples)
+        store.add_pairs(human_pairs(store, ctx.campaign.id, round_id))
     stored = store.count_pairs(round_id, criterion)
-    result = {"criterion": criterion, "pairs": stored, "human_pairs": store.count_pairs(round_id, "human"),
-              "candidates": candidates,
-              "candidate_pairs": selection.considered, "pair_yield": stored / max(1, selection.considered),
-              "skipped_unscored": selection.skipped_unscored, "candidate_diversity": candidate_diversity(samples)}
+    result = Pairs(criterion=criterion, pairs=stored, human_pairs=store.count_pairs(round_id, "human"),
+                   candidates=sum(s.kind == "candidate" for s in samples), candidate_pairs=selection.considered,
+                   pair_yield=stored / max(1, selection.considered), skipped_unscored=selection.skipped_unscored,
+                   candidate_diversity=candidate_diversity(samples))
     if stored == 0:
-        raise RuntimeError(f"round {round_id}: criterion {criterion} kept no pairs of {selection.considered} candidate "
-                           f"pairs (candidate diversity {result['candidate_diversity']}); raise generate.k, "
+        raise RuntimeError(f"round {ctx.number}: criterion {criterion} kept no pairs of {selection.considered} "
+                           f"candidate pairs (candidate diversity {result.candidate_diversity}); raise generate.k, "
                            "generate.temperature or generate.top_p so candidates differ, or lower pairs.margins")
     return result

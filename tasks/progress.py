@@ -1,59 +1,66 @@
-"""Progress of the long stages: in the log, and as a Prefect progress artifact in the UI.
+"""Progress of the long stages: a bar in the terminal (tqdm: counts, rate, ETA) and a Prefect progress
+artifact on the stage's task run (percent done), updated together.
 
-Training logs its figures every few steps instead of a printed line per step. Generation, decoding,
-scoring (one artifact per metric) and training also keep a progress artifact (percent done) on their
-Prefect task run, when they run inside one; called outside Prefect (a notebook, a benchmark) they only log.
+    with Progress("generate: 640 candidates of round 2", total=len(batches), unit="batch") as progress:
+        for batch in batches:
+            ...
+            progress.advance()
+
+Outside Prefect (a notebook, a benchmark) only the bar shows; without a terminal (CI, a served
+deployment's log) the bar stays quiet and the artifact and the log carry the progress.
 """
 
 from __future__ import annotations
 
+import logging
+import sys
+import time
+
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
-from transformers import TrainerCallback
-
-from speechalign.tasks.stage import fault_point, log
+from tqdm.auto import tqdm
 
 
-class StageProgress:
-    """A Prefect progress artifact for one stage of one round, updated as work is done."""
+log = logging.getLogger(__name__)
+ARTIFACT_EVERY_S = 2.0  # the Prefect API is told at most this often (and at the end)
 
-    def __init__(self, stage: str, description: str):
-        self.artifact_id = None
+
+class Progress:
+    def __init__(self, description: str, total: int, unit: str = "it", done: int = 0):
+        self.description, self.total, self.done = description, total, done
+        self.bar = tqdm(total=total, initial=done, desc=description, unit=unit, dynamic_ncols=True, leave=True,
+                        disable=None if sys.stderr.isatty() else True)
+        self.artifact_id, self.updated = None, time.monotonic()
         if TaskRunContext.get() is not None:
             try:
-                self.artifact_id = create_progress_artifact(0.0, description=description)
+                self.artifact_id = create_progress_artifact(self._percent(), description=description)
             except Exception as exc:  # noqa: BLE001 - progress display must never fail a stage
-                log.warning("%s: no progress artifact (%s)", stage, exc)
+                log.warning("%s: no progress artifact (%s)", description, exc)
 
-    def update(self, done: int, total: int) -> None:
-        if self.artifact_id is not None and total:
+    def _percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0
+
+    def advance(self, n: int = 1, **figures) -> None:
+        self.set(self.done + n, **figures)
+
+    def set(self, done: int, **figures) -> None:
+        self.bar.update(done - self.done)
+        self.done = done
+        if figures:
+            self.bar.set_postfix({k: f"{v:.4g}" for k, v in figures.items()}, refresh=False)
+        now = time.monotonic()
+        if self.artifact_id is not None and (done >= self.total or now - self.updated >= ARTIFACT_EVERY_S):
+            self.updated = now
             try:
-                update_progress_artifact(self.artifact_id, 100.0 * done / total)
+                update_progress_artifact(self.artifact_id, self._percent())
             except Exception:  # noqa: BLE001
                 self.artifact_id = None
 
+    def close(self) -> None:
+        self.bar.close()
 
-class ProgressLog(TrainerCallback):
-    """Log a trainer's figures every `every` steps (in place of one printed line per step)."""
+    def __enter__(self) -> Progress:
+        return self
 
-    def __init__(self, what: str, keys: tuple[str, ...], every: int = 10):
-        self.what, self.keys, self.every = what, keys, every
-        self.progress: StageProgress | None = None
-
-    def _due(self, state) -> bool:
-        return state.global_step % self.every == 0 or state.global_step == state.max_steps
-
-    def on_train_begin(self, args, state, control, **kwargs):
-        self.progress = StageProgress(self.what, f"{self.what}: optimizer steps done")
-
-    def on_step_end(self, args, state, control, **kwargs):
-        if state.global_step == 1:
-            fault_point(self.what, "mid")  # the resume tests kill training here
-        if self.progress and self._due(state):
-            self.progress.update(state.global_step, state.max_steps)
-
-    def on_log(self, args, state, control, logs=None, **kwargs):
-        step = state.global_step
-        if logs and self.keys[0] in logs and self._due(state):
-            figures = " ".join(f"{k} {logs[k]:.4g}" for k in self.keys if k in logs)
-            log.info("%s: step %d/%d %s", self.what, step, state.max_steps, figures)
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -1,10 +1,10 @@
 """Register: log the round to MLflow and make its merged policy a new version of the registered model.
 
-The round's nested run gets the config's round knobs as params, the DPO curves (per step), the
-held-out metrics (step = round number, so rounds line up in the chart view), stage timings and
-the LoRA adapter; the policy is logged as a pyfunc model and registered, tagged with campaign,
-round and parent version. Each piece is looked up before it is written, so a resumed stage
-writes nothing twice and leaves exactly one version per round.
+The round's nested run gets the config's round knobs as params, the DPO curves (per step), the round's
+figures (tasks/results.py: held-out metrics, pairs, guard; step = round number, so rounds line up in
+the chart view), stage timings and the LoRA adapter; the policy is logged as a pyfunc model and
+registered, tagged with campaign, round and parent version. Each piece is looked up before it is
+written, so a resumed stage writes nothing twice and leaves exactly one version per round.
 """
 
 from __future__ import annotations
@@ -18,16 +18,62 @@ import mlflow
 from mlflow.entities import Metric, Param
 
 from speechalign.config import Config
+from speechalign.faults import fault_point
+from speechalign.layout import safe_name
 from speechalign.models.pyfunc import CodecLMModel
 from speechalign.preference_store.schema import Round
+from speechalign.preference_store.store import PreferenceStore
+from speechalign.tasks.context import RoundContext
 from speechalign.tasks.decode import synthesizer, write_wav
-from speechalign.tasks.import_corpus import safe_name
-from speechalign.tasks.stage import fault_point, open_store
+from speechalign.tasks.results import Heldout, Pairs, Registered, Trained, Verdict, figures
+from speechalign.tasks.stage import stage
 from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
 LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate", "guard")
 PIP_REQUIREMENTS = ["torch", "transformers", "peft", "tokenizers", "speechalign"]
 AUDIO_PROMPTS = 3  # held-out prompts whose audio each round logs, the same ones every round
+
+
+@stage
+def register(ctx: RoundContext, pairs: Pairs, trained: Trained, heldout: Heldout, verdict: Verdict) -> Registered:
+    cfg, store, rnd = ctx.cfg, ctx.store, ctx.round
+    c, parent, run_id = round_run(cfg, store, ctx.campaign, rnd)
+    summary = {**figures(heldout), **figures(pairs), **figures(verdict), **figures(trained)}
+    if not c.get_metric_history(run_id, next(iter(figures(heldout)))):  # metrics of this round not logged yet
+        now = int(time.time() * 1000)
+        timings = {name: st.seconds for name, st in store.stages(rnd.id).items() if st.seconds is not None}
+        metrics = [Metric(f"dpo/{k}", float(v), now, h["step"]) for h in trained.history for k, v in h.items()
+                   if k != "step"]
+        metrics += [Metric(k, v, now, rnd.number) for k, v in summary.items() if not k.startswith("dpo/")]
+        metrics += [Metric(f"time/{name}_s", float(s), now, rnd.number) for name, s in timings.items()]
+        c.log_batch(run_id, metrics=metrics, params=round_params(cfg))
+        c.log_batch(parent, metrics=[Metric(k.replace("dpo/", "dpo_final/", 1), v, now, rnd.number)
+                                     for k, v in summary.items()])
+    if not c.list_artifacts(run_id, "adapter"):
+        c.log_artifacts(run_id, trained.adapter, "adapter")
+    log_audio_samples(cfg, store, c, run_id, rnd, "audio")
+    version = registered_version(cfg, c, ctx.campaign.mlflow_experiment_id or "", run_id, rnd, trained.policy)
+    previous = store.round_number(ctx.campaign.id, rnd.number - 1)
+    parent_ckpt = store.checkpoint(previous.id) if previous else None
+    store.add_checkpoint({"round_id": rnd.id, "path": trained.policy, "mlflow_model_name": cfg.registered_model,
+                          "mlflow_version": str(version), "metrics": heldout.metrics,
+                          "promoted": False, "parent_version": parent_ckpt.mlflow_version if parent_ckpt else None})
+    c.set_terminated(run_id)
+    c.set_terminated(parent)
+    return Registered(run_id=run_id, model=cfg.registered_model, version=str(version))
+
+
+@stage
+def register_baseline(ctx: RoundContext, heldout: Heldout) -> Registered:
+    """Round 0: the base model's held-out metrics go on the campaign's run at step 0 (no model version)."""
+    c, _, parent = campaign_run(ctx.cfg, ctx.store, ctx.campaign)
+    metrics = figures(heldout)
+    if not c.get_metric_history(parent, next(iter(metrics))):
+        now = int(time.time() * 1000)
+        c.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+    log_audio_samples(ctx.cfg, ctx.store, c, parent, ctx.round, "audio/round-0")
+    c.set_terminated(parent)  # the campaign is at rest between rounds; later rounds log to it again
+    return Registered(run_id=parent, model=ctx.cfg.registered_model, version="base")
 
 
 def round_params(cfg: Config) -> list[Param]:
@@ -36,28 +82,13 @@ def round_params(cfg: Config) -> list[Param]:
             for section in LOGGED_SECTIONS for key, value in data[section].items()]
 
 
-def heldout_metrics(result: dict) -> dict[str, float]:
-    return {k: float(v) for k, v in result.items() if k.startswith("heldout/")}
-
-
-def round_figures(stages: dict) -> dict[str, float]:
-    """Pairs kept, pair yield, candidate diversity and whether the collapse guard flagged the round."""
-    pairs, guard = stages["pairs"], stages.get("guard", {})
-    figures = {"pairs": pairs["pairs"], "pairs/yield": pairs.get("pair_yield"),
-               "pairs/candidate_diversity": pairs.get("candidate_diversity"),
-               "guard/flagged": float(guard["flagged"]) if "flagged" in guard else None}
-    return {k: float(v) for k, v in figures.items() if v is not None}
-
-
-def log_audio_samples(cfg: Config, client, run_id: str, round_id: int, artifact_path: str) -> int:
+def log_audio_samples(cfg: Config, store: PreferenceStore, client, run_id: str, rnd: Round, artifact_path: str) -> int:
     """For the first few held-out prompts: the real recording, its golden tokens decoded, and this round's
     sample, as WAVs the MLflow UI plays side by side (plus the sentence). Skipped if already logged."""
     if client.list_artifacts(run_id, artifact_path):
         return 0
-    store = open_store(cfg)
-    number = store.round(round_id).number
     prompts = {p.id: p for p in store.prompts("heldout")}
-    samples = [s for s in store.samples(round_id, "heldout") if s.k == 0 and s.audio_path]
+    samples = [s for s in store.samples(rnd.id, "heldout") if s.k == 0 and s.audio_path]
     synth = synthesizer(cfg)
     with tempfile.TemporaryDirectory() as tmp:
         for s in samples[:AUDIO_PROMPTS]:
@@ -68,56 +99,9 @@ def log_audio_samples(cfg: Config, client, run_id: str, round_id: int, artifact_
             shutil.copyfile(p.golden_audio_path, folder / "1_recording.wav")
             write_wav(folder / "2_golden_tokens.wav", synth.synthesize([p.golden_tokens[0]], [p.speaker])[0],
                       synth.sample_rate)
-            shutil.copyfile(s.audio_path, folder / f"3_round_{number}.wav")
+            shutil.copyfile(s.audio_path, folder / f"3_round_{rnd.number}.wav")
         client.log_artifacts(run_id, tmp, artifact_path)
     return min(len(samples), AUDIO_PROMPTS)
-
-
-def log_baseline(cfg: Config, round_id: int) -> dict:
-    """Round 0: the base model's held-out metrics go on the campaign's run at step 0."""
-    store = open_store(cfg)
-    campaign = store.campaign(cfg.campaign.name)
-    c, _, parent = campaign_run(cfg, store, campaign)
-    heldout = heldout_metrics(store.stages(round_id)["evaluate"].result)
-    if not c.get_metric_history(parent, next(iter(heldout))):
-        now = int(time.time() * 1000)
-        c.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in heldout.items()])
-    log_audio_samples(cfg, c, parent, round_id, "audio/round-0")
-    c.set_terminated(parent)  # the campaign is at rest between rounds; later rounds log to it again
-    return {"run_id": parent, **heldout}
-
-
-def register_round(cfg: Config, round_id: int) -> dict:
-    store = open_store(cfg)
-    rnd = store.round(round_id)
-    campaign = store.campaign(cfg.campaign.name)
-    c, parent, run_id = round_run(cfg, store, campaign, rnd)
-    stages = {name: st.result or {} for name, st in store.stages(round_id).items()}
-    timings = {name: st.seconds for name, st in store.stages(round_id).items() if st.seconds is not None}
-    train, heldout = stages["train"], heldout_metrics(stages["evaluate"])
-    now = int(time.time() * 1000)
-    if not c.get_metric_history(run_id, next(iter(heldout))):  # metrics of this round not logged yet
-        metrics = [Metric(f"dpo/{k}", float(v), now, h["step"]) for h in train["history"] for k, v in h.items()
-                   if k != "step"]
-        metrics += [Metric(k, v, now, rnd.number) for k, v in heldout.items()]
-        metrics += [Metric(k, v, now, rnd.number) for k, v in round_figures(stages).items()]
-        metrics += [Metric(f"time/{name}_s", float(s), now, rnd.number) for name, s in timings.items()]
-        c.log_batch(run_id, metrics=metrics, params=round_params(cfg))
-        summary = {**heldout, **round_figures(stages),
-                   **{f"dpo_final/{k}": float(v) for k, v in train["final"].items()}}
-        c.log_batch(parent, metrics=[Metric(k, v, now, rnd.number) for k, v in summary.items()])
-    if not c.list_artifacts(run_id, "adapter"):
-        c.log_artifacts(run_id, train["adapter"], "adapter")
-    log_audio_samples(cfg, c, run_id, round_id, "audio")
-    version = registered_version(cfg, c, campaign.mlflow_experiment_id or "", run_id, rnd, train["policy"])
-    previous = store.round_number(campaign.id, rnd.number - 1)
-    parent_ckpt = store.checkpoint(previous.id) if previous else None
-    store.add_checkpoint({"round_id": round_id, "path": train["policy"], "mlflow_model_name": cfg.registered_model,
-                          "mlflow_version": str(version), "metrics": heldout,
-                          "promoted": False, "parent_version": parent_ckpt.mlflow_version if parent_ckpt else None})
-    c.set_terminated(run_id)
-    c.set_terminated(parent)
-    return {"run_id": run_id, "model": cfg.registered_model, "version": str(version)}
 
 
 def registered_version(cfg: Config, c, exp_id: str, run_id: str, rnd: Round, policy_dir: str) -> str:

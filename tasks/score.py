@@ -1,50 +1,84 @@
-"""Score: every configured metric plug-in on every sample of a round, each (sample, value) once.
+"""Score: metric plug-ins on samples, each (sample, value) once.
 
-Held-out samples also get score.heldout_metrics (ASR by default: pocketsphinx runs at about 0.6x
-real time on one core, too slow for every candidate of a round). A plug-in that fails on one sample
-records the failure for that sample (value NULL, with the error) and scoring goes on; a resumed stage scores only what is missing. Plug-ins that need the policy
-(policy_loglik) score with the policy that made the samples: the round's input policy for candidates
-and golden, the evaluated policy for held-out samples.
+Which plug-ins score what:
+- held-out samples: every plug-in of score.metrics and score.heldout_metrics (ASR by default);
+- a round's golden and candidate samples (`candidate_metrics`): the plug-ins the pair criterion ranks by,
+  and those that need no audio (unit edit distance, length ratio, policy log-likelihood: cheap); with
+  score.candidates = "all", every plug-in of score.metrics.
+A plug-in that fails on one sample records the failure for that sample (value NULL, with the error) and
+scoring goes on; a resumed stage scores only what is missing. Plug-ins that need the policy
+(policy_loglik) score with the policy that made the samples: the round's input policy for candidates and
+golden, the evaluated policy for held-out samples.
 """
 
 from __future__ import annotations
 
+import logging
 import statistics
 
 from speechalign.config import Config
-from speechalign.models.metrics import ScoreItem, get_metric, value_directions
+from speechalign.models.metrics import ScoreItem, get_metric, needs_audio, value_directions
 from speechalign.preference_store.schema import Sample
-from speechalign.preference_store.store import PreferenceStore
+from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.tasks.context import RoundContext
 from speechalign.tasks.fan_out import FanOut
-from speechalign.tasks.progress import StageProgress
-from speechalign.tasks.stage import log, open_store
+from speechalign.tasks.progress import Progress
+from speechalign.tasks.results import Audio, Scores
+from speechalign.tasks.stage import stage
+
+log = logging.getLogger(__name__)
 
 
-def score_samples(cfg: Config, round_id: int, kinds: tuple[str, ...], policy: str | None = None) -> dict:
-    store = open_store(cfg)
-    policy = policy or store.round(round_id).policy_in
-    samples = [s for s in store.samples(round_id) if s.kind in kinds]
+@stage
+def score(ctx: RoundContext, audio: Audio) -> Scores:
+    return score_samples(ctx.cfg, ctx.store, ctx.round.id, audio.sample_ids, candidate_metrics(ctx.cfg),
+                         ctx.round.policy_in)
+
+
+def candidate_metrics(cfg: Config) -> list[str]:
+    """The plug-ins that score a round's golden and candidate samples (see the module's docstring)."""
+    if cfg.score.candidates == "all":
+        return list(cfg.score.metrics)
+    ranked = set(ranking_values(cfg))
+    return [m for m in cfg.score.metrics if not needs_audio([m]) or ranked & value_directions([m]).keys()]
+
+
+def ranking_values(cfg: Config) -> list[str]:
+    """The metric values the pair criterion compares samples by."""
+    criterion = cfg.pairs.criterion
+    if criterion == "unanimous":
+        return list(cfg.pairs.metrics)
+    if criterion.startswith("single:"):
+        return [criterion.removeprefix("single:")]
+    return ["unit_edit_distance"] if cfg.pairs.max_pairs_per_prompt else []  # the furthest candidates first
+
+
+def heldout_metrics(cfg: Config) -> list[str]:
+    return list(dict.fromkeys(cfg.score.metrics + cfg.score.heldout_metrics))
+
+
+def score_samples(cfg: Config, store: PreferenceStore, round_id: int, sample_ids: tuple[int, ...],
+                  metrics: list[str], policy: str) -> Scores:
     have = store.scores(round_id)
     failures = 0
     size = max(1, cfg.score.batch_size)
-    names = list(cfg.score.metrics)
-    if kinds == ("heldout",):
-        names += [m for m in cfg.score.heldout_metrics if m not in names]
     with FanOut(cfg, "score") as fan:
-        for name in names:
+        for name in metrics:
             outputs = value_directions([name]).keys()  # the parent only plans: workers load the models
-            todo = [s.id for s in samples if not outputs <= have.get(s.id, {}).keys()]
+            todo = [i for i in sample_ids if not outputs <= have.get(i, {}).keys()]
             batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-            progress = StageProgress("score", f"score: {name} on {len(todo)} samples")
-            shards = fan.run(score_batches, round_id, batches, name, policy, progress=progress)
+            with Progress(f"score: {name} on {len(todo)} samples", len(batches), "batch") as progress:
+                shards = fan.run(score_batches, round_id, batches, name, policy, progress=progress)
             failures += sum(s["failures"] for s in shards)
-    return {"samples": len(samples), "failures": failures, **summary(store, round_id, kinds)}
+    return Scores(sample_ids=tuple(sample_ids), metrics=tuple(metrics), failures=failures,
+                  means=means(store, round_id, sample_ids))
 
 
 def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: str, policy: str,
                   on_batch=None) -> dict:
-    """Score batches of sample IDs with one metric plug-in and store each (sample, value)."""
-    store = open_store(cfg)
+    """Score batches of sample IDs with one metric plug-in and store each (sample, value). Runs in the
+    round's process or in a Dask worker (tasks/fan_out.py), so it opens what it needs."""
+    store = open_store(cfg.store_url)
     metric = get_metric(name, cfg.score, policy)
     samples = {s.id: s for s in store.samples(round_id)}
     prompts = {p.id: p for p in store.prompts()}
@@ -52,11 +86,10 @@ def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: st
     failures = 0
     for number, ids in enumerate(batches, start=1):
         batch = [samples[i] for i in ids if not metric.outputs.keys() <= have.get(i, {}).keys()]
-        if not batch:  # a retried shard: this batch was written
-            continue
-        rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id]) for s in batch])
-        failures += sum(r["error"] is not None for r in rows)
-        store.add_scores(rows)
+        if batch:  # else a retried shard: this batch was written
+            rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id]) for s in batch])
+            failures += sum(r["error"] is not None for r in rows)
+            store.add_scores(rows)
         if on_batch:
             on_batch(number)
     return {"failures": failures}
@@ -70,7 +103,8 @@ def as_item(sample: Sample, prompt) -> ScoreItem:
 def score_batch(metric, samples: list[Sample], items: list[ScoreItem]) -> list[dict]:
     """Score a batch; if the batch fails, score item by item so one bad sample costs only itself."""
     try:
-        return [row for s, values in zip(samples, metric.score(items), strict=True) for row in rows_for(metric, s, values)]
+        return [row for s, values in zip(samples, metric.score(items), strict=True)
+                for row in rows_for(metric, s, values)]
     except Exception:  # noqa: BLE001 - isolate the failing items below
         rows = []
         for s, item in zip(samples, items):
@@ -87,16 +121,17 @@ def rows_for(metric, sample: Sample, values: dict[str, float]) -> list[dict]:
     missing = metric.outputs.keys() - values.keys()
     if missing:
         raise RuntimeError(f"metric {metric.name} returned no {', '.join(sorted(missing))}")
-    return [{"sample_id": sample.id, "metric": out, "value": float(values[out]), "error": None} for out in metric.outputs]
+    return [{"sample_id": sample.id, "metric": out, "value": float(values[out]), "error": None}
+            for out in metric.outputs]
 
 
-def summary(store: PreferenceStore, round_id: int, kinds: tuple[str, ...]) -> dict:
-    """Mean of each metric over the round's samples of `kinds` (failed scores left out)."""
-    scores = store.scores(round_id)
+def means(store: PreferenceStore, round_id: int, sample_ids: tuple[int, ...]) -> dict[str, float]:
+    """Mean of each value over the samples that are not golden (failed scores left out)."""
+    scores, wanted = store.scores(round_id), set(sample_ids)
     by_metric: dict[str, list[float]] = {}
     for s in store.samples(round_id):
-        if s.kind in kinds and s.kind != "golden":
+        if s.id in wanted and s.kind != "golden":
             for metric, value in scores.get(s.id, {}).items():
                 if value is not None:
                     by_metric.setdefault(metric, []).append(value)
-    return {f"mean/{m}": statistics.fmean(v) for m, v in sorted(by_metric.items())}
+    return {m: statistics.fmean(v) for m, v in sorted(by_metric.items())}

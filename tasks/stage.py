@@ -1,76 +1,77 @@
-"""What every stage shares: the store it writes to, where its files go, and the bookkeeping that
-makes a round resumable (a completed stage is skipped when the round is run again)."""
+"""A stage of a round: a Prefect task whose result is a frozen dataclass (tasks/results.py), recorded in the store.
+
+    @stage
+    def train(ctx: RoundContext, pairs: Pairs) -> Trained: ...
+
+    trained = train(ctx, pairs)       # in the round flow: a Prefect task run named "train"
+
+`@stage` adds what every stage needs and nothing else:
+- the store's bookkeeping: a stage recorded as completed is not run again; its stored result is loaded
+  back into the same dataclass, so running a round again after a failure continues where it stopped;
+  a failure is recorded with its traceback;
+- Prefect's retries (`[prefect] task_retries`, `retry_delay_seconds`);
+- fault points at its start and end (speechalign/faults.py), where the resume tests kill it.
+The stage's name is its result type's (`Trained.stage == "train"`). `train.fn(ctx, pairs)` calls the plain
+function, without Prefect or the store.
+"""
 
 from __future__ import annotations
 
-import hashlib
+import functools
 import logging
-import os
-import signal
 import time
 import traceback
 from collections.abc import Callable
-from functools import lru_cache
-from pathlib import Path
+from typing import Generic, TypeVar, get_type_hints
 
-from speechalign.config import Config
-from speechalign.preference_store.store import PreferenceStore
+from prefect import task
+from prefect.cache_policies import NO_CACHE
 
-log = logging.getLogger("speechalign")
+from speechalign.faults import fault_point
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.results import dump, load
 
-
-@lru_cache(maxsize=8)
-def _store(url: str) -> PreferenceStore:
-    return PreferenceStore(url)
-
-
-def open_store(cfg: Config) -> PreferenceStore:
-    return _store(cfg.store_url)
+log = logging.getLogger(__name__)
+R = TypeVar("R")
 
 
-def round_dir(cfg: Config, number: int) -> Path:
-    path = cfg.campaign_dir() / f"round-{number:03d}"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+class Stage(Generic[R]):
+    def __init__(self, fn: Callable[..., R]):
+        functools.update_wrapper(self, fn)
+        self.fn = fn
+        self.result_type = get_type_hints(fn)["return"]
+        self.name: str = self.result_type.stage
+
+        def run(ctx: RoundContext, *args, **kwargs) -> R:
+            return self._run(ctx, *args, **kwargs)
+
+        run.__name__ = run.__qualname__ = self.name
+        self.task = task(run, name=self.name, task_run_name=self.name, cache_policy=NO_CACHE)
+
+    def __call__(self, ctx: RoundContext, *args, **kwargs) -> R:
+        p = ctx.cfg.prefect
+        return self.task.with_options(retries=p.task_retries, retry_delay_seconds=p.retry_delay_seconds)(
+            ctx, *args, **kwargs)
+
+    def _run(self, ctx: RoundContext, *args, **kwargs) -> R:
+        store, round_id = ctx.store, ctx.round.id
+        done = store.stages(round_id).get(self.name)
+        if done is not None and done.status == "completed":
+            log.info("round %d: %s already completed, skipping", ctx.number, self.name)
+            return load(self.result_type, done.result)
+        store.stage_started(round_id, self.name)
+        fault_point(self.name, "start")
+        started = time.monotonic()
+        try:
+            result = self.fn(ctx, *args, **kwargs)
+        except BaseException as exc:
+            store.stage_failed(round_id, self.name,
+                               f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=5)}")
+            raise
+        fault_point(self.name, "end")  # the work is done and written, but not yet recorded as completed
+        store.stage_completed(round_id, self.name, dump(result), time.monotonic() - started)
+        return result
 
 
-def derive_seed(*parts: object) -> int:
-    """A stable 31-bit seed from any values (Python's hash() changes between processes)."""
-    digest = hashlib.sha256("/".join(map(str, parts)).encode()).digest()
-    return int.from_bytes(digest[:4], "big") & 0x7FFFFFFF
-
-
-FAULT_ENV = "SPEECHALIGN_FAULT"
-
-
-def fault_point(stage: str, point: str) -> None:
-    """Kill this process here when SPEECHALIGN_FAULT=<stage>:<point> (start | mid | end).
-
-    How the resume tests (and a sceptical user) kill a round at each stage with SIGKILL, the way
-    an OOM killer or a lost machine would: no exception handler, no cleanup, nothing recorded.
-    """
-    if os.environ.get(FAULT_ENV) == f"{stage}:{point}":
-        log.warning("%s=%s: killing this process (SIGKILL)", FAULT_ENV, os.environ[FAULT_ENV])
-        os.kill(os.getpid(), signal.SIGKILL)
-
-
-def run_stage(cfg: Config, round_id: int, stage: str, work: Callable[..., dict], *args) -> dict:
-    """Run `work(cfg, round_id, *args)` once per round: skip it if the store says it completed,
-    record its timing, result and failure."""
-    store = open_store(cfg)
-    done = store.stages(round_id).get(stage)
-    if done is not None and done.status == "completed":
-        log.info("round %s: %s already completed, skipping", round_id, stage)
-        return done.result or {}
-    store.stage_started(round_id, stage)
-    fault_point(stage, "start")
-    started = time.monotonic()
-    try:
-        result = work(cfg, round_id, *args)
-    except BaseException as exc:
-        store.stage_failed(round_id, stage, f"{exc.__class__.__name__}: {exc}\n{traceback.format_exc(limit=5)}")
-        raise
-    fault_point(stage, "end")  # the work is done and written, but not yet recorded as completed
-    store.stage_completed(round_id, stage, result, time.monotonic() - started)
-    return result
-
+def stage(fn: Callable[..., R]) -> Stage[R]:
+    return Stage(fn)

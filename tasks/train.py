@@ -9,6 +9,7 @@ train.processes > 1 the stage launches data-parallel DPO with accelerate (tasks/
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import statistics
@@ -23,8 +24,11 @@ from trl import DPOConfig, DPOTrainer
 from speechalign.config import Config
 from speechalign.host_lock import HostTrainingLock, device_name
 from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
-from speechalign.tasks.progress import ProgressLog
-from speechalign.tasks.stage import open_store, round_dir
+from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.training_progress import TrainingProgress
+from speechalign.tasks.results import Pairs, Trained
+from speechalign.tasks.stage import stage
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "grad_norm")
@@ -36,8 +40,7 @@ def precision(cfg: Config) -> str:
     return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
-def preference_dataset(cfg: Config, round_id: int, lm: CodecLM) -> Dataset:
-    store = open_store(cfg)
+def preference_dataset(store: PreferenceStore, round_id: int, lm: CodecLM) -> Dataset:
     pairs = store.pairs(round_id)  # human pairs (pairs.human = "mix") may name samples of earlier rounds
     samples = store.samples_by_id(i for p in pairs for i in (p.chosen_sample_id, p.rejected_sample_id))
     prompts = {p.id: p for p in store.prompts()}
@@ -58,18 +61,20 @@ def embedding_module_names(model) -> list[str]:
     return sorted({name.split(".")[-1] for name, module in model.named_modules() if id(module) in wanted})
 
 
-def train_policy(cfg: Config, round_id: int) -> dict:
-    """The train stage: DPO in this process, or in train.processes processes under `accelerate launch`."""
-    label = f"campaign {cfg.campaign.name} round {open_store(cfg).round(round_id).number}"
+@stage
+def train(ctx: RoundContext, pairs: Pairs) -> Trained:
+    """DPO on the round's pairs, in this process or in train.processes processes under `accelerate launch`."""
+    cfg = ctx.cfg
+    label = f"campaign {cfg.campaign.name} round {ctx.number} ({pairs.pairs + pairs.human_pairs} pairs)"
     with ExitStack() as held:  # the lock of every GPU the run uses, always in the same order
         locks = [held.enter_context(HostTrainingLock(label, device)) for device in training_devices(cfg)]
         if cfg.train.processes > 1:
             from speechalign.tasks.train_launch import launch_dpo  # noqa: PLC0415 - it imports this module
 
-            result = launch_dpo(cfg, round_id)
+            result = launch_dpo(cfg, ctx.round.id)
         else:
-            result = run_dpo(cfg, round_id)
-    return {**result, "waited_for_host_lock_s": round(sum(lock.waited_s for lock in locks), 1)}
+            result = run_dpo(cfg, ctx.round.id)
+    return dataclasses.replace(result, waited_for_host_lock_s=round(sum(lock.waited_s for lock in locks), 1))
 
 
 def training_devices(cfg: Config) -> list[str]:
@@ -78,16 +83,16 @@ def training_devices(cfg: Config) -> list[str]:
     return [device_name()]
 
 
-def run_dpo(cfg: Config, round_id: int) -> dict | None:
+def run_dpo(cfg: Config, round_id: int) -> Trained | None:
     """DPO on the round's pairs; in a multi-process run, every process trains and the main one saves
     and returns the result (the others return None)."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")  # PEFT looks for the Hub when saving otherwise
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     rnd = store.round(round_id)
-    out_dir = round_dir(cfg, rnd.number)
-    policy_dir, adapter_dir = out_dir / "policy", out_dir / "adapter"
+    layout = cfg.layout
+    policy_dir, adapter_dir = layout.policy(rnd.number), layout.adapter(rnd.number)
     lm = load_codec_lm(rnd.policy_in, for_training=True)
-    dataset = preference_dataset(cfg, round_id, lm)
+    dataset = preference_dataset(store, round_id, lm)
     t = cfg.train
     mode = precision(cfg)
     train_embeddings = t.train_embeddings == "true" or (
@@ -98,7 +103,7 @@ def run_dpo(cfg: Config, round_id: int) -> dict | None:
         modules_to_save=embedding_module_names(lm.model) if train_embeddings else None,
     )
     args = DPOConfig(
-        output_dir=str(out_dir / "dpo"), num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size,
+        output_dir=str(layout.trainer_output(rnd.number)), num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate, beta=t.beta,
         loss_type=t.loss_type, loss_weights=t.loss_weights or None, max_length=t.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, len(dataset) // t.batch_size),
@@ -106,11 +111,13 @@ def run_dpo(cfg: Config, round_id: int) -> dict | None:
         bf16=mode == "bf16", use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
         dataloader_num_workers=0, remove_unused_columns=False,
     )
-    ref_model = load_codec_lm(campaign_base(cfg, rnd.campaign_id), for_training=True).model if t.reference == "initial" else None
-    progress = ProgressLog("train", ("loss", "rewards/accuracies", "rewards/margins"))
+    ref_model = None
+    if t.reference == "initial":
+        ref_model = load_codec_lm(campaign_base(cfg, store, rnd.campaign_id), for_training=True).model
+    progress = TrainingProgress("train", ("loss", "rewards/accuracies", "rewards/margins"))
     trainer = DPOTrainer(model=lm.model, ref_model=ref_model, args=args, train_dataset=dataset,
                          processing_class=lm.tokenizer, peft_config=lora, callbacks=[progress])
-    trainer.remove_callback(PrinterCallback)  # one line per step is too much; ProgressLog reports every 10
+    trainer.remove_callback(PrinterCallback)  # one line per step is too much; TrainingProgress logs every 10
     output = trainer.train()
     if not trainer.accelerator.is_main_process:
         return None
@@ -119,24 +126,22 @@ def run_dpo(cfg: Config, round_id: int) -> dict | None:
     trainer.model.save_pretrained(adapter_dir)
     merged = trainer.model.merge_and_unload()
     metadata = {**lm.metadata, "parent": rnd.policy_in, "round": rnd.number}
-    tmp = out_dir / "policy.tmp"
+    tmp = policy_dir.with_name("policy.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     CodecLM(merged, lm.tokenizer, metadata).save(tmp)
     shutil.rmtree(policy_dir, ignore_errors=True)
     tmp.rename(policy_dir)  # the policy directory appears complete or not at all
     tail = history[-max(1, len(history) // 4):]
-    return {
-        "pairs": len(dataset), "steps": int(trainer.state.global_step), "precision": mode,
-        "runtime_s": float(output.metrics.get("train_runtime", 0.0)), "reference": t.reference,
-        "processes": trainer.accelerator.num_processes,
-        "policy": str(policy_dir), "adapter": str(adapter_dir),
-        "final": {k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
-        "history": history,
-    }
+    return Trained(
+        policy=str(policy_dir), adapter=str(adapter_dir), pairs=len(dataset), steps=int(trainer.state.global_step),
+        precision=mode, runtime_s=float(output.metrics.get("train_runtime", 0.0)), reference=t.reference,
+        processes=trainer.accelerator.num_processes,
+        final={k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
+        history=history)
 
 
-def campaign_base(cfg: Config, campaign_id: int) -> str:
-    campaign = open_store(cfg).campaign(cfg.campaign.name)
+def campaign_base(cfg: Config, store: PreferenceStore, campaign_id: int) -> str:
+    campaign = store.campaign(cfg.campaign.name)
     if campaign is None or campaign.id != campaign_id:
         raise RuntimeError(f"campaign {cfg.campaign.name!r} is not the one round belongs to")
     return campaign.base_model_path

@@ -14,13 +14,17 @@ hand, trains a round's pairs outside the flow.
 from __future__ import annotations
 
 import json
+import logging
 import subprocess
 import sys
 from pathlib import Path
 
 from speechalign.config import Config, load_config
-from speechalign.tasks.stage import log, open_store, round_dir
+from speechalign.preference_store.store import open_store
+from speechalign.tasks.results import Trained, dump, load
 from speechalign.tasks.train import precision, run_dpo
+
+log = logging.getLogger(__name__)
 
 
 def launch_command(cfg: Config, config_file: Path, round_id: int, result_file: Path) -> list[str]:
@@ -32,8 +36,8 @@ def launch_command(cfg: Config, config_file: Path, round_id: int, result_file: P
             "-m", "speechalign.tasks.train_launch", str(cfg.workdir), str(config_file), str(round_id), str(result_file)]
 
 
-def launch_dpo(cfg: Config, round_id: int) -> dict:
-    out = round_dir(cfg, open_store(cfg).round(round_id).number) / "dpo-launch"
+def launch_dpo(cfg: Config, round_id: int) -> Trained:
+    out = cfg.layout.launch_dir(open_store(cfg.store_url).round(round_id).number)
     out.mkdir(parents=True, exist_ok=True)
     config_file = out / "config.toml"
     config_file.write_text(cfg.to_toml())
@@ -45,7 +49,7 @@ def launch_dpo(cfg: Config, round_id: int) -> dict:
     if done.returncode != 0 or not result_file.is_file():
         raise RuntimeError(f"multi-process DPO (train.processes = {cfg.train.processes}) failed with exit code "
                            f"{done.returncode}; its log is above. Set train.processes = 1 to train in one process.")
-    return json.loads(result_file.read_text())
+    return load(Trained, json.loads(result_file.read_text()))
 
 
 def main(argv: list[str]) -> int:
@@ -54,7 +58,7 @@ def main(argv: list[str]) -> int:
     result = run_dpo(cfg, round_id)
     if result is not None:  # the main process
         tmp = result_file.with_suffix(".tmp")
-        tmp.write_text(json.dumps(result))
+        tmp.write_text(json.dumps(dump(result)))
         tmp.rename(result_file)
     return 0
 

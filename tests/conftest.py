@@ -5,6 +5,7 @@ PostgreSQL."""
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import uuid
 from pathlib import Path
@@ -23,6 +24,8 @@ os.environ.update({
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "180",
     "PREFECT_LOGGING_EXTRA_LOGGERS": "speechalign",
+    # each test process trains on its own: the host training lock would make xdist's workers take turns
+    "SPEECHALIGN_LOCK_DIR": str(_SESSION_HOME / "locks"),
 })
 
 POSTGRES_URL = os.environ.get("SPEECHALIGN_TEST_POSTGRES_URL")
@@ -35,13 +38,20 @@ TINY_MODEL = [  # a one-layer Llama: learns little, but every code path is the r
 ]
 
 
-@pytest.fixture(scope="session", autouse=True)
+@pytest.fixture(scope="session")
 def prefect_server():
     """One Prefect test server for the whole session (it takes 10-20 s to start)."""
     from prefect.testing.utilities import prefect_test_harness
 
     with prefect_test_harness(server_startup_timeout=180):
         yield
+
+
+@pytest.fixture(autouse=True)
+def _prefect_for_tests_that_run_flows(request):
+    """Every test but the pure ones (marked `pure`: no flow, task or model; `make test-fast`) gets the server."""
+    if request.node.get_closest_marker("pure") is None:
+        request.getfixturevalue("prefect_server")
 
 
 @pytest.fixture(scope="session")
@@ -107,14 +117,46 @@ def tiny_config(workdir: Path, store_url: str, manifest: Path, *extra: str):
     return cfg
 
 
-@pytest.fixture
-def bootstrapped(tmp_path, store_url, espeak_corpus):
-    """A work directory after `speechalign bootstrap` with the tiny model, on the given store."""
+@pytest.fixture(scope="session")
+def bootstrap_template(tmp_path_factory, espeak_corpus):
+    """One `speechalign bootstrap` of the tiny model per test process: corpus imported, golden tokens,
+    acoustic stage and base model. Tests get a copy of it (`bootstrapped`), never the template itself."""
     from speechalign.flows.bootstrap import bootstrap
     from speechalign.preflight import prepare
 
-    cfg = tiny_config(tmp_path / "work", store_url, espeak_corpus, "prefect.task_retries=0")
+    tmp_path = tmp_path_factory.mktemp("template")
+    cfg = tiny_config(tmp_path / "work", f"sqlite:///{tmp_path / 'store.db'}", espeak_corpus, "prefect.task_retries=0")
     prepare(cfg)
     result = bootstrap(str(cfg.workdir))
     assert result["import"]["imported"] == 24 and result["import"]["heldout"] == 5
     return cfg
+
+
+def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):
+    """A bootstrapped work directory of one's own: the template's files, and its store's rows on `store_url`."""
+    from sqlalchemy import insert, select, text
+
+    from speechalign.preference_store import migrate
+    from speechalign.preference_store.schema import Base
+    from speechalign.preference_store.store import PreferenceStore, open_store
+
+    shutil.copytree(template.workdir, workdir)
+    cfg = tiny_config(workdir, store_url, Path(template.corpus.manifest), "prefect.task_retries=0", *extra)
+    migrate.upgrade(store_url)
+    source, target = open_store(template.store_url), PreferenceStore(store_url)
+    with source.session() as read, target.session() as write:
+        for table in Base.metadata.sorted_tables:
+            rows = [dict(r._mapping) for r in read.execute(select(table))]
+            if rows:
+                write.execute(insert(table), rows)
+            if target.engine.dialect.name == "postgresql" and "id" in table.c:  # ids were copied: move the sequence
+                write.execute(text(f"SELECT setval(pg_get_serial_sequence('{table.name}', 'id'), "
+                                   f"coalesce(max(id), 0) + 1, false) FROM {table.name}"))
+    target.engine.dispose()
+    return cfg
+
+
+@pytest.fixture
+def bootstrapped(tmp_path, store_url, bootstrap_template):
+    """A work directory after `speechalign bootstrap` with the tiny model, on the given store."""
+    return copy_bootstrap(bootstrap_template, tmp_path / "work", store_url)

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from speechalign.cli import main
-from speechalign.tasks.stage import open_store
+from speechalign.preference_store.store import open_store
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -22,7 +22,7 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
     rows = {line.split()[0]: line.split() for line in lines[3:6]}
     assert set(rows) == {"-", "golden_vs_synthetic", "single:dnsmos_ovrl"}  # "-": the base model's row
 
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     report = json.loads((cfg.workdir / f"ablation-{cfg.campaign.name}.json").read_text())
     base, gvs, single = report["rows"]
     for row, criterion in ((gvs, "golden_vs_synthetic"), (single, "single:dnsmos_ovrl")):
@@ -31,7 +31,7 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
         assert campaign.base_model_path == store.campaign(gvs["campaign"]).base_model_path
         [_, first] = store.rounds(campaign.id)
         assert {p.criterion for p in store.pairs(first.id)} == {criterion}
-        assert row["heldout/unit_edit_distance"] == store.stages(first.id)["evaluate"].result["heldout/unit_edit_distance"]
+        assert row["heldout/unit_edit_distance"] == store.stages(first.id)["evaluate"].result["metrics"]["unit_edit_distance"]
         assert 0 < row["pair_yield"] <= 1
     # the single-metric criterion pairs candidates: the chosen one has the higher DNSMOS OVRL every time
     campaign = store.campaign(single["campaign"])

@@ -4,8 +4,11 @@ import pytest
 
 from speechalign.config import Config, ConfigError, load_config
 from speechalign.preference_store.schema import Sample
+from speechalign.models.metrics import heldout_directions
+from speechalign.tasks.criteria import candidate_diversity, criterion_function, single, unanimous
 from speechalign.tasks.guard import collapse_signals, regressions
-from speechalign.tasks.pairs import candidate_diversity, criterion_function, single, unanimous
+
+pytestmark = pytest.mark.pure  # make test-fast
 
 
 def sample(id, kind="candidate", k=0, tokens=None, prompt=1):
@@ -37,7 +40,7 @@ def test_unanimous_keeps_only_pairs_won_on_every_metric():
     assert sel.considered == 6 and sel.skipped_unscored == 3  # C(4, 2); every pair with sample 4 lacks a value
     assert sel.pairs[0][2] == pytest.approx({"dnsmos_ovrl": 0.5, "unit_edit_distance": -0.3})
 
-    cfg.pairs.margins = ["dnsmos_ovrl=0.6"]  # 1 beats 2 by 0.5 only: not enough
+    cfg.pairs.margins = {"dnsmos_ovrl": 0.6}  # 1 beats 2 by 0.5 only: not enough
     assert unanimous(samples, SCORES, cfg).pairs == []
 
     with_golden = cfg_with(criterion="unanimous", metrics=["unit_edit_distance"], include_golden=True)
@@ -66,8 +69,11 @@ def test_criteria_are_checked_when_the_config_loads():
         load_config(None, ["pairs.criterion=single:length_ratio"])
     with pytest.raises(ConfigError, match="it can be golden_vs_synthetic, unanimous, single:<metric>"):
         load_config(None, ["pairs.criterion=best_of_n"])
-    with pytest.raises(ConfigError, match="pairs.margins entry 'dnsmos_ovrl' is not metric=number"):
+    with pytest.raises(ConfigError, match="pairs.margins: entry 'dnsmos_ovrl' is not metric=number"):
         load_config(None, ["pairs.margins=dnsmos_ovrl"])
+    with pytest.raises(ConfigError, match="every entry is a metric name and a number >= 0"):
+        load_config(None, ["pairs.margins={dnsmos_ovrl = -0.1}"])
+    assert load_config(None, ["pairs.margins.dnsmos_ovrl=0.05"]).pairs.margins == {"dnsmos_ovrl": 0.05}
     with pytest.raises(ConfigError, match="unknown metric 'mos'"):
         load_config(None, ["pairs.criterion=unanimous", "pairs.metrics=dnsmos_ovrl", "score.metrics=mos"])
     with pytest.raises(ConfigError, match="guard.action"):
@@ -82,30 +88,29 @@ COLLAPSED = {"rewards/accuracies": 0.981, "rewards/margins": 2.067, "rewards/cho
 
 def test_collapse_needs_saturated_accuracy_inflated_margins_and_a_falling_chosen_side():
     cfg = Config()
-    assert collapse_signals(cfg, HEALTHY) == []
-    [reason] = collapse_signals(cfg, COLLAPSED)
+    assert collapse_signals(cfg.guard, HEALTHY) == []
+    [reason] = collapse_signals(cfg.guard, COLLAPSED)
     assert "reward accuracy 0.981" in reason and "margin 2.067" in reason
-    assert collapse_signals(cfg, {**COLLAPSED, "rewards/chosen": 0.1}) == []  # chosen still rising: just learning
+    assert collapse_signals(cfg.guard, {**COLLAPSED, "rewards/chosen": 0.1}) == []  # chosen still rising: just learning
     # lr 4e-4, round 3 (reference = round 2's policy): the chosen reward stays above 0 within the round, but the
     # chosen log-probability fell from round to round
     lr4e4_round3, lr4e4_round2 = {**COLLAPSED, "rewards/chosen": 0.055, "logps/chosen": -78.7}, {"logps/chosen": -73.7}
-    [reason] = collapse_signals(cfg, lr4e4_round3, lr4e4_round2)
+    [reason] = collapse_signals(cfg.guard, lr4e4_round3, lr4e4_round2)
     assert "chosen log-probability -78.7 < -73.7 the round before" in reason
-    assert collapse_signals(cfg, lr4e4_round3, {"logps/chosen": -80.0}) == []
-    assert collapse_signals(cfg, HEALTHY, {"logps/chosen": -70.0}) == []  # falling, but neither saturated nor inflated
+    assert collapse_signals(cfg.guard, lr4e4_round3, {"logps/chosen": -80.0}) == []
+    assert collapse_signals(cfg.guard, HEALTHY, {"logps/chosen": -70.0}) == []  # falling, but neither saturated nor inflated
     cfg.guard.margin_limit = 3.0
-    assert collapse_signals(cfg, COLLAPSED) == []
+    assert collapse_signals(cfg.guard, COLLAPSED) == []
 
 
 def test_a_held_out_metric_worse_than_its_tolerance_is_a_regression():
     cfg = Config()
-    before = {"heldout/unit_edit_distance": 0.660, "heldout/dnsmos_ovrl": 2.50, "heldout/length_ratio": 0.8,
-              "heldout/golden_nll": 2.00}
-    after = {"heldout/unit_edit_distance": 0.704, "heldout/dnsmos_ovrl": 2.45, "heldout/length_ratio": 0.5,
-             "heldout/golden_nll": 2.09}
-    reasons = regressions(cfg, after, before, "round 2")
+    before = {"unit_edit_distance": 0.660, "dnsmos_ovrl": 2.50, "length_ratio": 0.8, "golden_nll": 2.00}
+    after = {"unit_edit_distance": 0.704, "dnsmos_ovrl": 2.45, "length_ratio": 0.5, "golden_nll": 2.09}
+    directions = heldout_directions(cfg.score)
+    reasons = regressions(cfg.guard, directions, after, before, "round 2")
     assert len(reasons) == 2  # UED +0.044 > 0.02 and NLL +0.09 > 0.05; OVRL -0.05 within 0.1; length ratio has no side
     assert reasons[0].startswith("held-out unit_edit_distance 0.7040 vs 0.6600 (round 2)")
-    assert regressions(cfg, before, after, "x") == []  # better is never a regression
-    cfg.guard.tolerances = []  # unlisted metrics: 5% of the reference value
-    assert len(regressions(cfg, after, before, "round 2")) == 1  # UED +6.7% > 5%; NLL +4.5% within
+    assert regressions(cfg.guard, directions, before, after, "x") == []  # better is never a regression
+    cfg.guard.tolerances = {}  # unlisted metrics: 5% of the reference value
+    assert len(regressions(cfg.guard, directions, after, before, "round 2")) == 1  # UED +6.7% > 5%; NLL +4.5% within

@@ -25,8 +25,10 @@ from speechalign.preference_store import judgments
 from speechalign.preference_store.schema import Judgment, ListeningItem, Pair
 from speechalign.report import campaign_report, format_table
 from speechalign.tasks.demo_corpus import speak
+from speechalign.tasks.context import RoundContext
 from speechalign.tasks.pairs import build_pairs
-from speechalign.tasks.stage import open_store
+from speechalign.tasks.results import Scores
+from speechalign.preference_store.store import open_store
 from tests.conftest import database_url
 from tests.servers import free_port, running_server
 
@@ -45,7 +47,7 @@ class Campaign:
         self.cfg = load_config(overrides=[f'store.url="{store_url}"'], workdir=str(workdir))
         save_config(self.cfg)
         prepare(self.cfg, mlflow_too=False)
-        self.store = open_store(self.cfg)
+        self.store = open_store(self.cfg.store_url)
         self.clips: dict[tuple, str] = {}
         self.store.add_prompts([{"utterance_id": f"{split}-{i}", "text": text, "speaker": "en-us+m3",
                                  "golden_audio_path": "/corpus/x.wav", "golden_tokens": [[1, 2, 3]], "num_frames": 3,
@@ -60,7 +62,7 @@ class Campaign:
         """A WAV of `text` under the campaign's directory (one file per text, voice and speed)."""
         key = (text, voice, speed)
         if key not in self.clips:
-            path = self.cfg.campaign_dir() / "audio" / f"{len(self.clips):03d}.wav"
+            path = self.cfg.layout.campaign_dir / "audio" / f"{len(self.clips):03d}.wav"
             path.parent.mkdir(parents=True, exist_ok=True)
             sf.write(path, speak(text, voice, speed, 16000), 16000, subtype="PCM_16")
             self.clips[key] = str(path)
@@ -286,8 +288,10 @@ def test_report_figures_and_human_pairs_for_the_next_round(campaign, capsys):
     text = TRAIN[0]
     work.store.add_samples([work.sample(rnd.id, text, "golden", 0, [1, 2, 3], VOICES[0], 175),
                             work.sample(rnd.id, text, "candidate", 0, [5, 6], VOICES[1], 220)])
-    result = build_pairs(work.cfg, rnd.id)
-    assert (result["pairs"], result["human_pairs"]) == (1, 3)
+    ctx = RoundContext(work.cfg, work.store, work.campaign, rnd, work.cfg.layout)
+    scored = Scores(sample_ids=tuple(s.id for s in work.store.samples(rnd.id)), metrics=())
+    result = build_pairs.fn(ctx, scored)
+    assert (result.pairs, result.human_pairs) == (1, 3)
     human = [p for p in work.store.pairs(rnd.id) if p.source == "human"]
     # gold 0 and 1: both picked golden; gold 2: an even split gives no pair; gold 3: alice alone picked the synthetic
     expected = {(i.subject_sample_id, i.reference_sample_id) for i in gold[:2]} | {
@@ -298,7 +302,7 @@ def test_report_figures_and_human_pairs_for_the_next_round(campaign, capsys):
     assert not held_out & {s for p in human for s in (p.chosen_sample_id, p.rejected_sample_id)}
     used = work.store.samples_by_id(s for p in human for s in (p.chosen_sample_id, p.rejected_sample_id))
     assert {s.kind for s in used.values()} == {"golden", "candidate"} and all(s.tokens for s in used.values())
-    assert build_pairs(work.cfg, rnd.id)["human_pairs"] == 3 and work.store.count(Pair, round_id=rnd.id) == 4
+    assert build_pairs.fn(ctx, scored).human_pairs == 3 and work.store.count(Pair, round_id=rnd.id) == 4
 
     # DPO's data: the round's automatic pair and the human pairs, whose samples are from rounds 1 and 2
     from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, completion_text
@@ -306,7 +310,7 @@ def test_report_figures_and_human_pairs_for_the_next_round(campaign, capsys):
 
     tokenizer = build_demo_tokenizer(16)
     lm = CodecLM(build_demo_model(tokenizer, 1, 16, 2, 64, seed=0), tokenizer, {"codebook_size": 16})
-    rows = {(r["chosen"], r["rejected"]) for r in preference_dataset(work.cfg, rnd.id, lm).to_list()}
+    rows = {(r["chosen"], r["rejected"]) for r in preference_dataset(work.store, rnd.id, lm).to_list()}
     assert {(completion_text(used[p.chosen_sample_id].tokens), completion_text(used[p.rejected_sample_id].tokens))
             for p in human} <= rows
     assert {work.store.round(s.round_id).number for s in used.values()} <= {1, 2}
@@ -336,7 +340,7 @@ def test_listen_says_what_is_missing(tmp_path, capsys):
     assert "no campaign 'demo' in the preference store" in capsys.readouterr().err
     assert main(["listen", "--workdir", str(workdir), "--add-rater", " "]) == 2
     assert "--add-rater needs a name" in capsys.readouterr().err
-    store = open_store(load_config(workdir=str(workdir)))
+    store = open_store(load_config(workdir=str(workdir)).store_url)
     campaign = store.create_campaign("demo", {}, "/base")
     store.finish_round(store.open_round(campaign.id, 0, "/base").id, "completed")
     assert main(["listen", "--workdir", str(workdir)]) == 2

@@ -6,7 +6,7 @@ import sys
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import database_url, tiny_config
+from tests.conftest import copy_bootstrap, database_url
 from tests.servers import free_port, running_server
 
 
@@ -28,22 +28,20 @@ def mlflow_server(tmp_path, mlflow_backend):
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
-def test_a_round_tracked_by_a_real_mlflow_server(tmp_path, store_url, espeak_corpus, mlflow_server):
-    from speechalign.flows.bootstrap import bootstrap
+def test_a_round_tracked_by_a_real_mlflow_server(tmp_path, store_url, bootstrap_template, mlflow_server):
     from speechalign.flows.campaign import alignment_campaign
+    from speechalign.preference_store.store import open_store
     from speechalign.preflight import prepare
-    from speechalign.tasks.stage import open_store
 
-    cfg = tiny_config(tmp_path / "work", store_url, espeak_corpus, f'mlflow.tracking_uri="{mlflow_server}"')
+    cfg = copy_bootstrap(bootstrap_template, tmp_path / "work", store_url, f'mlflow.tracking_uri="{mlflow_server}"')
     prepare(cfg)  # reaches the server's /health
-    bootstrap(str(cfg.workdir))
     [result] = alignment_campaign(str(cfg.workdir), rounds=1)
-    assert result["version"] == "1"
+    assert result.version == "1"
 
     client = MlflowClient(mlflow_server)
     [version] = client.search_model_versions(f"name='{cfg.registered_model}'")
     assert version.tags["speechalign.round"] == "1" and version.status == "READY"
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     rnd = store.rounds(store.campaign(cfg.campaign.name).id)[-1]
     assert version.run_id == rnd.mlflow_run_id
     run = client.get_run(rnd.mlflow_run_id)

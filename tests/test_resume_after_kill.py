@@ -13,7 +13,8 @@ from mlflow.tracking import MlflowClient
 from speechalign.flows.round import alignment_round, baseline
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Score
-from speechalign.tasks.stage import FAULT_ENV, open_store
+from speechalign.faults import FAULT_ENV
+from speechalign.preference_store.store import open_store
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
@@ -29,6 +30,7 @@ def bootstrapped(bootstrapped):
 
     bootstrapped.score.metrics = ["unit_edit_distance", "length_ratio", "dnsmos"]
     bootstrapped.score.heldout_metrics = []
+    bootstrapped.score.candidates = "all"  # every sample decoded and scored: the decode and score stages have work
     save_config(bootstrapped)
     return bootstrapped
 
@@ -50,7 +52,7 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     baseline(str(cfg.workdir))  # round 0 first, so the kill hits round 1 (round 0 has evaluate and register too)
     kill_round_at(cfg, fault)
 
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     campaign = store.campaign(cfg.campaign.name)
     killed = store.rounds(campaign.id)[-1]
     assert (killed.number, killed.status) == (1, "running")  # nobody got to record anything
@@ -65,7 +67,7 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
         assert 0 < len(decoded) < 19 * 3  # some WAVs were written and recorded
 
     result = alignment_round(str(cfg.workdir))  # the next trigger: takes over the dead run's lock
-    assert result["round"] == 1 and result["version"] == "1"
+    assert result.round == 1 and result.version == "1"
     rnd = store.round(killed.id)
     assert rnd.status == "completed" and store.rounds(campaign.id)[-1].number == 1
     stages = store.stages(killed.id)

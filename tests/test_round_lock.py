@@ -13,6 +13,8 @@ from sqlalchemy import update
 from speechalign.preference_store.round_lock import CampaignRoundLock, RoundBusy
 from speechalign.preference_store.schema import RoundLock, utcnow
 
+pytestmark = pytest.mark.pure  # make test-fast
+
 HOLDER = textwrap.dedent("""
     import sys, time
     from speechalign.preference_store.store import PreferenceStore

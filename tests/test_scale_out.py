@@ -9,20 +9,15 @@ import time
 
 import pytest
 
-from tests.conftest import tiny_config
+from tests.conftest import copy_bootstrap
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, espeak_corpus):
-    from speechalign.flows.bootstrap import bootstrap
-    from speechalign.preflight import prepare
-
+def workdir(tmp_path_factory, bootstrap_template):
     tmp_path = tmp_path_factory.mktemp("scale")
-    cfg = tiny_config(tmp_path / "work", f"sqlite:///{tmp_path / 'store.db'}", espeak_corpus,
-                      "prefect.task_retries=0", "generate.batch_size=8", "score.batch_size=16",
-                      'score.metrics=["unit_edit_distance", "policy_loglik", "dnsmos"]')
-    prepare(cfg)
-    bootstrap(str(cfg.workdir))
+    cfg = copy_bootstrap(bootstrap_template, tmp_path / "work", f"sqlite:///{tmp_path / 'store.db'}",
+                         "generate.batch_size=8", "score.batch_size=16",
+                         'score.metrics=["unit_edit_distance", "policy_loglik", "dnsmos"]', 'score.candidates="all"')
     return cfg.workdir
 
 
@@ -30,23 +25,22 @@ def first_round(workdir, runner: str, *overrides: str) -> dict:
     """Generate, decode and score round 1 of a campaign named after the runner; what the store holds."""
     from speechalign.config import load_config
     from speechalign.flows.common import ensure_campaign
-    from speechalign.tasks.decode import decode_samples
-    from speechalign.tasks.generate import generate_candidates
-    from speechalign.tasks.score import score_samples
-    from speechalign.tasks.stage import open_store
+    from speechalign.tasks.context import open_round
+    from speechalign.tasks.decode import decode
+    from speechalign.tasks.generate import generate
+    from speechalign.tasks.score import score
 
     cfg = load_config(overrides=[f'campaign.name="{runner}"', f'scale.runner="{runner}"', "scale.workers=2",
                                  *overrides], workdir=str(workdir))
-    store = open_store(cfg)
     campaign = ensure_campaign(cfg)
-    rnd = store.open_round(campaign.id, 1, campaign.base_model_path)
-    generated = generate_candidates(cfg, rnd.id)
-    decode_samples(cfg, rnd.id)
-    scored = score_samples(cfg, rnd.id, ("golden", "candidate"))
+    ctx = open_round(cfg, campaign, 1, campaign.base_model_path)
+    store, rnd = ctx.store, ctx.round
+    generated = generate.fn(ctx)
+    scored = score.fn(ctx, decode.fn(ctx, generated))
     scores = store.scores(rnd.id)
     samples = store.samples(rnd.id)
     return {
-        "cfg": cfg, "round_id": rnd.id, "generated": generated, "failures": scored["failures"],
+        "ctx": ctx, "generated": generated, "scored": scored, "failures": scored.failures,
         "tokens": {(s.prompt_id, s.kind, s.k): (s.tokens, s.seed, s.finished) for s in samples},
         "scores": {(s.prompt_id, s.kind, s.k, m): v for s in samples for m, v in scores[s.id].items()},
     }
@@ -70,7 +64,7 @@ def test_dask_runner_gives_the_in_process_results(workdir):
     dask = first_round(workdir, "dask")
     print(f"in process {middle - started:.1f} s, dask {time.monotonic() - middle:.1f} s")
 
-    assert dask["generated"] == local["generated"] and local["generated"]["generated"] == 19 * 2
+    assert dask["generated"].generated == local["generated"].generated == 19 * 2
     assert dask["tokens"] == local["tokens"]  # same batches, same seeds: identical sequences
     assert dask["scores"].keys() == local["scores"].keys()
     assert len(local["scores"]) == 57 * 5  # golden + candidates x (UED, log-likelihood, 3 DNSMOS values)
@@ -102,16 +96,16 @@ def test_dpo_in_two_processes_under_accelerate(workdir):
 
     from speechalign.models.codec_lm import load_codec_lm
     from speechalign.tasks.pairs import build_pairs
-    from speechalign.tasks.train import train_policy
+    from speechalign.tasks.train import train
 
     done = first_round(workdir, "local", "train.processes=2", "train.batch_size=4")  # stored already: no new work
-    cfg, round_id = done["cfg"], done["round_id"]
-    pairs = build_pairs(cfg, round_id)["pairs"]
-    result = train_policy(cfg, round_id)
+    ctx = done["ctx"]
+    pairs = build_pairs.fn(ctx, done["scored"])
+    result = train.fn(ctx, pairs)
 
-    assert result["processes"] == 2
-    assert result["pairs"] == pairs == 38  # golden vs each of 2 candidates of 19 prompts
-    assert result["steps"] == math.ceil(pairs / (2 * 4))  # each step: 4 pairs on each of the 2 processes
-    assert result["history"] and all(math.isfinite(h["loss"]) for h in result["history"])
-    policy = load_codec_lm(result["policy"])  # the main process saved a complete merged policy
+    assert result.processes == 2
+    assert result.pairs == pairs.pairs == 38  # golden vs each of 2 candidates of 19 prompts
+    assert result.steps == math.ceil(pairs.pairs / (2 * 4))  # each step: 4 pairs on each of the 2 processes
+    assert result.history and all(math.isfinite(h["loss"]) for h in result.history)
+    policy = load_codec_lm(result.policy)  # the main process saved a complete merged policy
     assert policy.metadata["round"] == 1

@@ -10,7 +10,7 @@ import time
 import pytest
 from mlflow.tracking import MlflowClient
 
-from speechalign.tasks.stage import open_store
+from speechalign.preference_store.store import open_store
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 
@@ -52,7 +52,7 @@ def test_a_served_round_deployment_runs_when_triggered_by_hand(bootstrapped):
             proc.wait(timeout=30)
         except subprocess.TimeoutExpired:
             proc.kill()
-    store = open_store(cfg)
+    store = open_store(cfg.store_url)
     rounds = store.rounds(store.campaign(cfg.campaign.name).id)
     assert [(r.number, r.status) for r in rounds] == [(0, "completed"), (1, "completed")]
     versions = MlflowClient(cfg.tracking_uri).search_model_versions(f"name='{cfg.registered_model}'")

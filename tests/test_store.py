@@ -1,11 +1,14 @@
 """The preference store on SQLite and PostgreSQL: Alembic is the schema's only source, and every
 write is exactly-once."""
 
+import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
 
 from speechalign.preference_store import migrate
 from speechalign.preference_store.schema import Base, Pair, Sample, Score
+
+pytestmark = pytest.mark.pure  # make test-fast
 
 
 def test_migrations_reach_head_and_match_the_models(store, store_url):

@@ -28,6 +28,7 @@ class ScoreItem:
 class Metric(Protocol):
     name: str  # the plug-in's name in [score] metrics
     outputs: dict[str, bool | None]  # value name -> higher is better (None: reported only, never ranks samples)
+    needs_audio: bool  # scores the decoded WAV (else only the units: cheap, and no decoding needed)
 
     def score(self, items: list[ScoreItem]) -> list[dict[str, float]]: ...
 
@@ -47,10 +48,6 @@ def _registry() -> dict[str, type]:
                                 AsrErrorRate, SpeechBertScore, Nisqa)}
 
 
-def metric_names() -> list[str]:
-    return sorted(_registry())
-
-
 def value_directions(names: list[str]) -> dict[str, bool | None]:
     """Every value the named plug-ins produce, with its direction, without loading any model."""
     registry = _registry()
@@ -59,6 +56,24 @@ def value_directions(names: list[str]) -> dict[str, bool | None]:
         _check(name, registry)
         out.update(registry[name].outputs)
     return out
+
+
+def needs_audio(names: list[str]) -> bool:
+    """Whether any of the named plug-ins listens to the samples (so they must be decoded first)."""
+    registry = _registry()
+    for name in names:
+        _check(name, registry)
+    return any(registry[name].needs_audio for name in names)
+
+
+HELDOUT_EXTRAS = {"golden_nll": False, "finished_rate": True}  # held-out figures evaluate adds to the plug-ins'
+
+
+def heldout_directions(score) -> dict[str, bool]:
+    """Held-out figures that have a better side (reported-only ones like length_ratio are left out), for the
+    campaign's [score] section."""
+    found = {**value_directions(score.metrics + score.heldout_metrics), **HELDOUT_EXTRAS}
+    return {m: d for m, d in found.items() if d is not None}
 
 
 def _check(name: str, registry: dict) -> None:

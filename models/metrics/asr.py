@@ -184,6 +184,7 @@ class AsrErrorRate:
     """CER and WER of the sample's transcript against its prompt text (lower is better)."""
 
     name = "asr"
+    needs_audio = True
     outputs = {"asr_cer": False, "asr_wer": False}
 
     def __init__(self, options=None, policy: str | None = None) -> None:

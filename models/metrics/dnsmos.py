@@ -21,7 +21,7 @@ decoded sample is), it repeats every len/160 frames: the trunk needs one period 
 edges.
 
 Everything runs through onnxruntime on the model's own nodes and weights; the sub-graphs are cut from the
-model file with a few lines of protobuf handling, so no `onnx` package is needed.
+model file with onnx's Extractor.
 """
 
 from __future__ import annotations
@@ -82,6 +82,7 @@ def window_starts(padded_length: int) -> list[int]:
 
 class Dnsmos:
     name = "dnsmos"
+    needs_audio = True
     outputs = {"dnsmos_sig": True, "dnsmos_bak": True, "dnsmos_ovrl": True}
 
     def __init__(self, options=None, policy: str | None = None, threads: int | None = None) -> None:
@@ -215,99 +216,26 @@ def _frames(audio: np.ndarray, count: int) -> np.ndarray:
     return view[::FRAME_HOP][:count].astype(np.float32)
 
 
-# ------------------------------------------------------------------------ ONNX graph surgery (protobuf)
-# ModelProto 7 graph, 8 opset_import; GraphProto 1 node, 2 name, 5 initializer, 11 input, 12 output;
-# NodeProto 1 input, 2 output; TensorProto 8 name; ValueInfoProto 1 name, 2 type; TypeProto 1 tensor_type;
-# TypeProto.Tensor 1 elem_type, 2 shape; TensorShapeProto 1 dim; Dimension 1 dim_value, 2 dim_param.
-
-
-def _varint(buf: bytes, i: int) -> tuple[int, int]:
-    value = shift = 0
-    while True:
-        b = buf[i]
-        i += 1
-        value |= (b & 0x7F) << shift
-        shift += 7
-        if b < 0x80:
-            return value, i
-
-
-def _fields(buf: bytes):
-    """(field number, payload, raw bytes of the whole field) of a serialized protobuf message."""
-    i = 0
-    while i < len(buf):
-        start = i
-        key, i = _varint(buf, i)
-        kind = key & 7
-        if kind == 0:
-            value, i = _varint(buf, i)
-        elif kind == 1:
-            value, i = buf[i:i + 8], i + 8
-        elif kind == 5:
-            value, i = buf[i:i + 4], i + 4
-        elif kind == 2:
-            n, i = _varint(buf, i)
-            value, i = buf[i:i + n], i + n
-        else:
-            raise ValueError(f"unsupported protobuf wire type {kind}")
-        yield key >> 3, value, buf[start:i]
-
-
-def _enc_varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        b = value & 0x7F
-        value >>= 7
-        out.append(b | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-def _field(number: int, payload: bytes | str | int) -> bytes:
-    if isinstance(payload, int):
-        return _enc_varint(number << 3) + _enc_varint(payload)
-    data = payload.encode() if isinstance(payload, str) else payload
-    return _enc_varint(number << 3 | 2) + _enc_varint(len(data)) + data
-
-
-def _value_info(name: str, shape: list[int] | None) -> bytes:
-    """A float tensor's ValueInfoProto; -1 is a named free dimension, None an unknown shape."""
-    tensor = _field(1, 1)  # elem_type FLOAT
-    if shape is not None:
-        tensor += _field(2, b"".join(_field(1, _field(1, d) if d >= 0 else _field(2, f"{name}:{i}"))
-                                     for i, d in enumerate(shape)))
-    return _field(1, name) + _field(2, _field(1, tensor))
+# ------------------------------------------------------------------------------- ONNX graph cuts
 
 
 @lru_cache(maxsize=2)
-def _read_model(path: str) -> bytes:
-    with open(path, "rb") as f:
-        return f.read()
+def _read_model(path: str):
+    import onnx  # noqa: PLC0415
+
+    return onnx.load(path)
 
 
-def _cut(model: bytes, input_name: str, input_shape: list[int], output_name: str) -> bytes:
-    """The sub-graph of `model` that computes `output_name` from `input_name` (nodes and weights copied as
-    they are), as a serialized model."""
-    top = list(_fields(model))
-    graph = next(v for f, v, _ in top if f == 7)
-    nodes, inits = [], {}
-    for f, v, raw in _fields(graph):
-        if f == 1:
-            ins = [x.decode() for g, x, _ in _fields(v) if g == 1]
-            outs = [x.decode() for g, x, _ in _fields(v) if g == 2]
-            nodes.append((ins, outs, raw))
-        elif f == 5:
-            inits[next(x.decode() for g, x, _ in _fields(v) if g == 8)] = raw
-    needed, kept = {output_name}, []
-    for ins, outs, raw in reversed(nodes):
-        if needed & set(outs):
-            kept.append(raw)
-            needed |= {x for x in ins if x and x != input_name}
-    produced = {o for ins, outs, raw in nodes if raw in kept for o in outs}
-    missing = needed - produced - inits.keys()
-    if missing or output_name not in produced:
-        raise RuntimeError(f"cannot cut {input_name} -> {output_name} from the DNSMOS model: missing {missing}")
-    body = (b"".join(reversed(kept)) + _field(2, "dnsmos_part")
-            + b"".join(raw for name, raw in inits.items() if name in needed)
-            + _field(11, _value_info(input_name, input_shape)) + _field(12, _value_info(output_name, None)))
-    return b"".join(raw if f != 7 else _field(7, body) for f, _, raw in top)
+def _cut(model, input_name: str, input_shape: list[int], output_name: str) -> bytes:
+    """The sub-graph of `model` that computes `output_name` from `input_name` (onnx's Extractor copies its
+    nodes and weights as they are), as a serialized model; -1 in `input_shape` is a free dimension."""
+    import onnx  # noqa: PLC0415
+    from onnx.utils import Extractor  # noqa: PLC0415
+
+    whole = onnx.ModelProto()
+    whole.CopyFrom(model)
+    dims = [d if d >= 0 else f"{input_name}:{i}" for i, d in enumerate(input_shape)]
+    # the cut's ends are inner tensors, which the model declares no type for: declare them
+    whole.graph.value_info.extend([onnx.helper.make_tensor_value_info(input_name, onnx.TensorProto.FLOAT, dims),
+                                   onnx.helper.make_tensor_value_info(output_name, onnx.TensorProto.FLOAT, None)])
+    return Extractor(whole).extract_model([input_name], [output_name]).SerializeToString()

@@ -36,6 +36,7 @@ class SpeechBertScore:
     paper's main figure). 1.0 for identical audio; higher is better. Golden features are cached per path."""
 
     name = "speechbertscore"
+    needs_audio = True
     outputs = {"speechbertscore": True}
     CACHE_BYTES = 256 * 2**20  # golden features kept in memory (LRU)
 
@@ -181,6 +182,7 @@ class Nisqa:
     scored at its own sample rate (NISQA's ms_sr = None) unless the weights' args fix one."""
 
     name = "nisqa"
+    needs_audio = True
     outputs = {"nisqa_mos": True, "nisqa_noi": True, "nisqa_dis": True, "nisqa_col": True, "nisqa_loud": True}
     _ORDER = ("nisqa_mos", "nisqa_noi", "nisqa_dis", "nisqa_col", "nisqa_loud")  # the network's output order
 

@@ -24,6 +24,7 @@ GOLDEN_CACHE = 4096  # golden embeddings kept per instance
 
 class SpeakerSimilarity:
     name = "speaker_similarity"
+    needs_audio = True
     outputs = {"speaker_similarity": True}
 
     def __init__(self, options=None, policy: str | None = None) -> None:

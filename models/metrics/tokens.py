@@ -13,6 +13,7 @@ class UnitEditDistance:
     rate: 0 is identical, and it exceeds 1 when the sample is much longer than the golden)."""
 
     name = "unit_edit_distance"
+    needs_audio = False
     outputs = {"unit_edit_distance": False}
 
     def __init__(self, options=None, policy: str | None = None) -> None:
@@ -28,6 +29,7 @@ class LengthRatio:
     reported but cannot rank samples."""
 
     name = "length_ratio"
+    needs_audio = False
     outputs = {"length_ratio": None}
 
     def __init__(self, options=None, policy: str | None = None) -> None:
@@ -43,6 +45,7 @@ class PolicyLogLik:
     tokens; DPO that pushes everything down shows here."""
 
     name = "policy_loglik"
+    needs_audio = False
     outputs = {"policy_loglik": True}
     uses_policy = True
 

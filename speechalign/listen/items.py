@@ -11,17 +11,19 @@ Comparisons (the subject side first):
 A seeded subset of at most `per_round` items per comparison and round is drawn (a larger `per_round`
 later adds items; the ones drawn before stay). The subject's side (A or B) is drawn per item and
 stored, and items are heard in a seeded shuffled order, the same for every rater, so raters overlap.
-Only samples with decoded audio take part.
+Held-out samples are always decoded; a round's golden and candidate samples are decoded only when a
+metric listened to them, so `build_items` decodes the ones it draws (`decode`), and only those.
 """
 
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
 
 from speechalign.preference_store import judgments
 from speechalign.preference_store.schema import Campaign, Round, Sample
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.stage import derive_seed
+from speechalign.seeds import derive_seed
 
 COMPARISONS = ("round_vs_previous", "aligned_vs_base", "golden_vs_synthetic", "criterion")
 Candidate = tuple[Sample, Sample, int | None]  # subject, reference, automatic pair id
@@ -38,7 +40,7 @@ def heldout_pairs(store: PreferenceStore, newer: Round, older: Round) -> list[Ca
 
 
 def golden_pairs(store: PreferenceStore, rnd: Round) -> list[Candidate]:
-    samples = [s for s in store.samples(rnd.id) if s.audio_path]
+    samples = store.samples(rnd.id)
     auto = {(p.chosen_sample_id, p.rejected_sample_id): p.id for p in store.pairs(rnd.id) if p.source == "auto"}
     golden = {s.prompt_id: s for s in samples if s.kind == "golden"}
     return [(golden[c.prompt_id], c, auto.get((golden[c.prompt_id].id, c.id))) for c in samples
@@ -46,7 +48,7 @@ def golden_pairs(store: PreferenceStore, rnd: Round) -> list[Candidate]:
 
 
 def criterion_pairs(store: PreferenceStore, rnd: Round) -> list[Candidate]:
-    samples = {s.id: s for s in store.samples(rnd.id) if s.audio_path}
+    samples = {s.id: s for s in store.samples(rnd.id)}
     return [(samples[p.chosen_sample_id], samples[p.rejected_sample_id], p.id) for p in store.pairs(rnd.id)
             if p.source == "auto" and p.criterion != "golden_vs_synthetic"  # those are golden_vs_synthetic items
             and p.chosen_sample_id in samples and p.rejected_sample_id in samples]
@@ -76,15 +78,26 @@ def listening_campaign(store: PreferenceStore, name: str) -> Campaign:
     return campaign
 
 
-def build_items(store: PreferenceStore, campaign: Campaign, per_round: int) -> int:
-    """Add the campaign's listening items (insert-or-ignore); return how many it has."""
+def build_items(store: PreferenceStore, campaign: Campaign, per_round: int,
+                decode: Callable[[list[Sample]], dict[int, str]] | None = None) -> int:
+    """Add the campaign's listening items (insert-or-ignore); return how many it has. `decode` makes WAVs of
+    drawn samples that have none (returning their paths); without it, such samples are not drawn."""
     if per_round < 1:
         raise ValueError(f"--items {per_round}: give at least 1 item per comparison and round")
-    rows = []
+    drawn = {}
     for (comparison, rnd), found in candidates(store, campaign).items():
         rng = random.Random(derive_seed("listen", campaign.name, comparison, rnd.number))
         rng.shuffle(found)
-        for subject, reference, pair_id in found[:per_round]:
+        if decode is None:
+            found = [(a, b, pair) for a, b, pair in found if a.audio_path and b.audio_path]
+        drawn[(comparison, rnd)] = (found[:per_round], rng)
+    silent = {s.id: s for chosen, _ in drawn.values() for pair in chosen for s in pair[:2] if not s.audio_path}
+    audio = decode(list(silent.values())) if silent and decode else {}
+    rows = []
+    for (comparison, rnd), (chosen, rng) in drawn.items():
+        for subject, reference, pair_id in chosen:
+            if not all(s.audio_path or s.id in audio for s in (subject, reference)):
+                continue  # could not be decoded (the decode stage's log says why)
             rows.append({"campaign_id": campaign.id, "round_id": rnd.id, "comparison": comparison,
                          "prompt_id": subject.prompt_id, "subject_sample_id": subject.id,
                          "reference_sample_id": reference.id, "subject_on": rng.choice("AB"), "pair_id": pair_id,

@@ -1,0 +1,107 @@
+"""Typed stage results: stored and loaded back as the same dataclass, figures named once, and the guard and
+the promotion gate deciding from their arguments alone (no store, no MLflow)."""
+
+import pytest
+
+from speechalign.config import Config
+from speechalign.tasks.guard import guard_verdict, promotion_verdict
+from speechalign.tasks.results import (
+    RESULT_TYPES,
+    Audio,
+    Candidates,
+    Heldout,
+    Pairs,
+    Promotion,
+    Registered,
+    RoundRecord,
+    Scores,
+    Trained,
+    Verdict,
+    dump,
+    figures,
+    load,
+)
+
+pytestmark = pytest.mark.pure  # make test-fast
+
+AUDIO = Audio(sample_ids=(3, 4), decoded=2, skipped=0, failed={"5": "unit 2000 is outside the codebook"},
+              audio_seconds=4.2, seconds=1.0, real_time_factor=0.24)
+HELDOUT = Heldout(policy="/w/round-001/policy", prompts=2, samples=4, mode="sampled",
+                  metrics={"unit_edit_distance": 0.5, "dnsmos_ovrl": 2.4, "golden_nll": 0.9, "finished_rate": 1.0},
+                  decode=AUDIO, score_failures=1)
+TRAINED = Trained(policy="/w/round-001/policy", adapter="/w/round-001/adapter", pairs=8, steps=1, precision="fp32",
+                  runtime_s=3.5, reference="previous",
+                  final={"rewards/accuracies": 0.75, "rewards/margins": 0.1, "rewards/chosen": 0.02,
+                         "logps/chosen": -70.0},
+                  history=[{"step": 1, "loss": 0.69}])
+EVERY_STAGE = [
+    Candidates(sample_ids=(1, 2, 3), prompts=1, generated=2, hit_length_limit=0), AUDIO,
+    Scores(sample_ids=(1, 2), metrics=("dnsmos",), failures=0, means={"dnsmos_ovrl": 2.5}),
+    Pairs(criterion="golden_vs_synthetic", pairs=2, candidates=2, candidate_pairs=2, pair_yield=1.0,
+          candidate_diversity=0.4),
+    TRAINED, HELDOUT, Verdict(flagged=True, collapse=False, reasons=("held-out x worse",), action="warn"),
+    Registered(run_id="abc", model="speechalign-demo", version="1"),
+    Promotion(verdict="refused", reasons=("worse",), against="base model, round 0", alias="champion", version="1"),
+]
+
+
+def test_every_stage_result_comes_back_from_the_store_as_it_went_in():
+    assert sorted(RESULT_TYPES) == sorted(type(r).stage for r in EVERY_STAGE)
+    for result in EVERY_STAGE:
+        assert load(type(result), dump(result)) == result
+
+
+def test_results_stored_before_stages_were_typed_still_load():
+    old = {"prompts": 5, "samples": 10, "mode": "greedy", "policy": "/p", "score_failures": 0,
+           "decode": {"decoded": 10, "failed": {}, "acoustic": "model"},
+           "heldout/unit_edit_distance": 0.68, "heldout/golden_nll": 0.91}
+    assert load(Heldout, old).metrics == {"unit_edit_distance": 0.68, "golden_nll": 0.91}
+    assert load(Registered, {"run_id": "abc", "heldout/golden_nll": 0.9}).version == "base"  # round 0's
+    assert load(Candidates, {"prompts": 160, "candidates": 640, "generated": 640, "hit_length_limit": 2}).prompts == 160
+
+
+def test_figures_are_named_by_their_stage_and_field():
+    pairs = EVERY_STAGE[3]
+    assert figures(pairs) == {"pairs/pairs": 2.0, "pairs/human_pairs": 0.0, "pairs/pair_yield": 1.0,
+                              "pairs/candidate_diversity": 0.4}
+    assert figures(HELDOUT)["heldout/dnsmos_ovrl"] == 2.4 and figures(TRAINED)["dpo/rewards/accuracies"] == 0.75
+    assert figures(EVERY_STAGE[6]) == {"guard/flagged": 1.0}
+    record = RoundRecord(1, {"pairs": pairs, "evaluate": HELDOUT})
+    assert record.figures()["pairs/pair_yield"] == 1.0 and record.heldout is HELDOUT and record.trained is None
+
+
+def with_metrics(**metrics) -> Heldout:
+    return Heldout(policy="/p", prompts=2, samples=4, mode="sampled", metrics={**HELDOUT.metrics, **metrics})
+
+
+def test_the_guard_decides_from_its_arguments():
+    cfg = Config()
+    previous = RoundRecord(1, {"train": TRAINED, "evaluate": HELDOUT})
+    assert guard_verdict(cfg, TRAINED, HELDOUT, previous) == Verdict(flagged=False, action="warn")
+    worse = guard_verdict(cfg, TRAINED, with_metrics(unit_edit_distance=0.55), previous)  # +0.05 > 0.02
+    assert worse.flagged and not worse.collapse
+    assert worse.reasons == ("held-out unit_edit_distance 0.5500 vs 0.5000 (round 1): worse by 0.0500, "
+                             "tolerance 0.0200",)
+    saturated = Trained(**{**TRAINED.__dict__, "final": {"rewards/accuracies": 0.99, "rewards/margins": 2.0,
+                                                         "rewards/chosen": 0.05, "logps/chosen": -75.0}})
+    collapsed = guard_verdict(cfg, saturated, HELDOUT, previous)  # chosen log-probability -75 < -70 before
+    assert collapsed.flagged and collapsed.collapse and "chosen log-probability -75.0 < -70.0" in collapsed.reasons[0]
+
+
+def test_the_gate_compares_with_the_champion_and_follows_the_guard_action():
+    cfg = Config()
+    champion = RoundRecord(2, {"evaluate": HELDOUT, "register": Registered(run_id="r2", model="m", version="2")})
+    ok = Verdict(flagged=False)
+    better = promotion_verdict(cfg, with_metrics(unit_edit_distance=0.45), champion, ok)
+    assert (better.verdict, better.against) == ("promoted", "champion round 2, version 2")
+    worse = promotion_verdict(cfg, with_metrics(dnsmos_ovrl=2.2), champion, ok)  # -0.2, tolerance 0.1
+    assert worse.verdict == "refused" and worse.reasons[0].startswith("held-out dnsmos_ovrl 2.2000 vs 2.4000")
+    flagged = Verdict(flagged=True, reasons=("DPO collapse",))
+    assert promotion_verdict(cfg, HELDOUT, champion, flagged).verdict == "promoted"  # action warn: only a warning
+    cfg.guard.action = "refuse_promotion"
+    assert promotion_verdict(cfg, HELDOUT, champion, flagged).reasons == (
+        "the collapse guard flagged this round: DPO collapse",)
+    cfg.guard.champion_alias = ""
+    assert promotion_verdict(cfg, HELDOUT, champion, ok).verdict == "off"
+    base = RoundRecord(0, {"evaluate": HELDOUT})
+    assert promotion_verdict(Config(), HELDOUT, base, ok).against == "base model, round 0"
