@@ -13,11 +13,11 @@ import argparse
 import time
 
 import torch
-
-from speechalign.config import Config
 from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.tasks.demo_corpus import demo_sentences
+
+from speechalign.config import Config
 
 
 def demo_size_model() -> CodecLM:
@@ -65,7 +65,7 @@ def main() -> None:
     for name, batch, cache, n in [("batched + KV cache", args.batch, True, len(prompts)),
                                   ("one prompt at a time + KV cache", 1, True, min(16, len(prompts))),
                                   ("batched, no KV cache", args.batch, False, min(args.batch, len(prompts)))]:
-        seconds, units = timed(lambda: run(lm, prompts[:n], batch, args.tokens, cache))
+        seconds, units = timed(lambda n=n, batch=batch, cache=cache: run(lm, prompts[:n], batch, args.tokens, cache))
         rows[name] = units / seconds
         print(f"{name:34s} {units:7d} units in {seconds:7.2f} s = {units / seconds:9.1f} units/s")
     best = rows["batched + KV cache"]

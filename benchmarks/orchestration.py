@@ -17,9 +17,10 @@ import time
 
 started_process = time.monotonic()
 
-from speechalign.config import load_config  # noqa: E402
 from speechalign.flows.round import alignment_round  # noqa: E402
 from speechalign.preference_store.store import open_store  # noqa: E402
+
+from speechalign.config import load_config  # noqa: E402
 
 COMPUTE = ("generate", "decode", "score", "train", "evaluate")
 
@@ -39,7 +40,7 @@ def main() -> None:
         t0 = time.monotonic()
         result = alignment_round(str(cfg.workdir))
         wall = time.monotonic() - t0
-        rnd = [r for r in store.rounds(store.campaign(cfg.campaign.name).id) if r.number == result["round"]][0]
+        rnd = [r for r in store.rounds(store.campaign(cfg.campaign.name).id) if r.number == result.round][0]
         stages = {name: st.seconds or 0.0 for name, st in store.stages(rnd.id).items()}
         compute = sum(stages[s] for s in COMPUTE)
         walls.append(wall)
@@ -52,7 +53,7 @@ def main() -> None:
     wall, compute = sum(walls), sum(computes)
     overhead = wall - compute
     print(f"process start-up (imports) before the first round: {imports:.1f} s")
-    print(f"bookkeeping stages inside the overhead: " + ", ".join(f"{k} {v:.1f} s" for k, v in others.items()))
+    print("bookkeeping stages inside the overhead: " + ", ".join(f"{k} {v:.1f} s" for k, v in others.items()))
     print(f"orchestration overhead: {overhead:.1f} s of {wall:.1f} s = {overhead / wall:.1%} of the round "
           f"(compute/wall ratio {compute / wall:.3f}; target overhead <= 10%)")
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import re
 
 from prefect import flow
-
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.store import open_store

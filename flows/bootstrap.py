@@ -16,8 +16,6 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
-
-from speechalign.config import Config, save_config
 from speechalign.flows.common import load_flow_config
 from speechalign.models.codec import load_codec
 from speechalign.models.codec_lm import is_saved_policy
@@ -26,6 +24,8 @@ from speechalign.tasks.acoustic_stage import train_acoustic_stage
 from speechalign.tasks.base_model import initial_model, supervised_finetune
 from speechalign.tasks.demo_corpus import build_demo_corpus
 from speechalign.tasks.import_corpus import import_corpus
+
+from speechalign.config import Config, save_config
 
 log = logging.getLogger(__name__)
 

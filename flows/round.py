@@ -18,14 +18,10 @@ from dataclasses import dataclass
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
-
-from speechalign.config import Config
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.round_lock import CampaignRoundLock
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.preflight import prepare
-from speechalign.report import campaign_report, format_round_markdown
 from speechalign.tasks.context import RoundContext, open_round
 from speechalign.tasks.decode import decode
 from speechalign.tasks.evaluate import evaluate
@@ -35,6 +31,10 @@ from speechalign.tasks.pairs import build_pairs
 from speechalign.tasks.register import register, register_baseline
 from speechalign.tasks.score import score
 from speechalign.tasks.train import train
+
+from speechalign.config import Config
+from speechalign.preflight import prepare
+from speechalign.report import campaign_report, format_round_markdown
 
 log = logging.getLogger(__name__)
 

@@ -63,7 +63,9 @@ class AcousticStage(nn.Module):
         return torch.tensor([index.get(s or "", 0) for s in speakers], dtype=torch.long)
 
     def forward(self, known: torch.Tensor, speaker: torch.Tensor, pad: torch.Tensor) -> torch.Tensor:
-        """Logits (B, T, codebook) of layer q+1 from the codes of layers 1..q: known (B, q, T); pad (B, T) True on padding."""
+        """Logits (B, T, codebook) of layer q+1 from the codes of layers 1..q.
+
+        known (B, q, T); pad (B, T) is True on padding."""
         q = known.shape[1]
         x = sum(self.codes[i](known[:, i]) for i in range(q))
         x = x + self.level.weight[q] + self.speaker(speaker)[:, None] + positions(known.shape[2], self.config.dim)

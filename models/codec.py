@@ -77,8 +77,10 @@ def frames_for(num_samples: int, codec: SpeechTokenizer) -> int:
 
 
 @torch.inference_mode()
-def encoder_features(codec: SpeechTokenizer, wavs: list[np.ndarray], batch_size: int = 16) -> list[torch.Tensor]:
-    """Encoder outputs (frames, dimension) per waveform, batched with zero padding and trimmed back."""
+def encoder_features(codec: SpeechTokenizer, wavs: list[np.ndarray], batch_size: int = 16,
+                     on_batch=None) -> list[torch.Tensor]:
+    """Encoder outputs (frames, dimension) per waveform, batched by length with zero padding and trimmed back;
+    `on_batch(n)` is told after each batch of n waveforms."""
     order = sorted(range(len(wavs)), key=lambda i: len(wavs[i]))
     out: list[torch.Tensor | None] = [None] * len(wavs)
     for start in range(0, len(order), batch_size):
@@ -90,14 +92,16 @@ def encoder_features(codec: SpeechTokenizer, wavs: list[np.ndarray], batch_size:
         feats = codec.encoder(batch)  # (B, D, T)
         for row, i in enumerate(idx):
             out[i] = feats[row, :, : frames_for(len(wavs[i]), codec)].T.contiguous()
+        if on_batch:
+            on_batch(len(idx))
     return out  # type: ignore[return-value]
 
 
 @torch.inference_mode()
-def encode(codec: SpeechTokenizer, wavs: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+def encode(codec: SpeechTokenizer, wavs: list[np.ndarray], batch_size: int = 16, on_batch=None) -> list[np.ndarray]:
     """RVQ codes per waveform as int arrays of shape (n_q, frames)."""
     codes = []
-    for feats in encoder_features(codec, wavs, batch_size):
+    for feats in encoder_features(codec, wavs, batch_size, on_batch):
         layer_codes = codec.quantizer.vq.encode(feats.T.unsqueeze(0), n_q=codec.n_q)  # (n_q, 1, T)
         codes.append(layer_codes[:, 0, :].numpy().astype(np.int32))
     return codes

@@ -8,7 +8,6 @@ shows up here first (SpeechAlign's "golden preferred" premise, measured on held-
 from __future__ import annotations
 
 import torch
-
 from speechalign.models.codec_lm import CodecLM, completion_text
 
 

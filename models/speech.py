@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from speechtokenizer import SpeechTokenizer
-
 from speechalign.models.acoustic import AcousticStage
+from speechtokenizer import SpeechTokenizer
 
 
 class Synthesizer:

@@ -6,7 +6,7 @@ these keys, so a retried or resumed stage never writes a row twice.
 
 from __future__ import annotations
 
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 
 from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Integer, String, Text, UniqueConstraint
 from sqlalchemy.dialects.postgresql import JSONB
@@ -16,7 +16,7 @@ JSONType = JSON().with_variant(JSONB(), "postgresql")
 
 
 def utcnow() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Base(DeclarativeBase):
@@ -185,7 +185,8 @@ class RoundLock(Base):
 
 
 class Rater(Base):
-    """A listener of the A/B listening test (`speechalign listen --add-rater NAME`): only a hash of the token is kept."""
+    """A listener of the A/B listening test (`speechalign listen --add-rater NAME`); only a hash of the token
+    is kept."""
 
     __tablename__ = "raters"
     id: Mapped[int] = mapped_column(primary_key=True)

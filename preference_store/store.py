@@ -11,11 +11,6 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 
-from sqlalchemy import create_engine, event, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
-
 from speechalign.preference_store.schema import (
     Campaign,
     Checkpoint,
@@ -29,6 +24,10 @@ from speechalign.preference_store.schema import (
     Score,
     utcnow,
 )
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
 
 BATCH = 500
 
@@ -63,7 +62,8 @@ def check_reachable(url: str) -> None:
         engine.dispose()
     except Exception as exc:  # noqa: BLE001 - any driver error means the same thing to the user
         raise StoreUnreachable(
-            f"cannot reach the preference store at {redact(url)}: {exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
+            f"cannot reach the preference store at {redact(url)}: "
+            f"{exc.__class__.__name__}: {str(exc).splitlines()[0]}. "
             "Fix [store] url in the config (or --db): for SQLite its directory must exist and be writable; "
             "for PostgreSQL the server must be running and the database created."
         ) from exc
@@ -225,7 +225,8 @@ class PreferenceStore:
         """{id: sample} of any rounds (a round's human pairs name samples of earlier rounds)."""
         wanted = sorted(set(ids))
         with self.session() as s:
-            return {x.id: x for part in chunks(wanted, BATCH) for x in s.scalars(select(Sample).where(Sample.id.in_(part)))}
+            return {x.id: x for part in chunks(wanted, BATCH)
+                    for x in s.scalars(select(Sample).where(Sample.id.in_(part)))}
 
     def set_audio_paths(self, paths: dict[int, str]) -> None:
         """Record where each sample's decoded WAV is (sample id -> path)."""
@@ -300,8 +301,9 @@ class PreferenceStore:
     def add_decision(self, round_id: int, kind: str, verdict: str, reasons: list[str], details: dict) -> None:
         """Recorded once per round and kind: a resumed stage keeps the first decision."""
         with self.session() as s:
-            insert_ignore(s, RoundDecision, [{"round_id": round_id, "kind": kind, "verdict": verdict, "reasons": reasons,
-                                              "details": details, "created_at": utcnow()}], ["round_id", "kind"])
+            insert_ignore(s, RoundDecision, [{"round_id": round_id, "kind": kind, "verdict": verdict,
+                                              "reasons": reasons, "details": details, "created_at": utcnow()}],
+                          ["round_id", "kind"])
 
     def decisions(self, round_id: int) -> dict[str, RoundDecision]:
         with self.session() as s:
@@ -313,4 +315,5 @@ def chunks(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
-__all__ = ["PreferenceStore", "open_store", "StoreUnreachable", "check_reachable", "insert_ignore", "chunks", "datetime"]
+__all__ = ["PreferenceStore", "open_store", "StoreUnreachable", "check_reachable", "insert_ignore", "chunks",
+           "datetime"]

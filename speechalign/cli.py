@@ -269,8 +269,8 @@ def cmd_listen(args) -> int:
     """main() runs this before it imports the flows: the web app needs neither Prefect nor the training stack."""
     from speechalign.listen.app import add_rater, create_app
     from speechalign.listen.items import NothingToListenTo, build_items, listening_campaign
-    from speechalign.preflight import PreflightError
     from speechalign.preference_store.store import open_store
+    from speechalign.preflight import PreflightError
 
     url = f"http://{args.host}:{args.port}/"
     try:

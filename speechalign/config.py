@@ -19,7 +19,7 @@ from typing import Any, Literal
 import tomlkit
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from speechalign.layout import CONFIG_FILE, Layout
+from speechalign.layout import Layout
 
 
 class ConfigError(ValueError):
@@ -190,8 +190,13 @@ class GuardConfig(Section):
     tolerances: dict[str, float] = Field(
         {"unit_edit_distance": 0.02, "golden_nll": 0.05, "policy_loglik": 0.05, "dnsmos_ovrl": 0.1, "dnsmos_sig": 0.1,
          "dnsmos_bak": 0.1, "speaker_similarity": 0.02, "asr_cer": 0.05, "asr_wer": 0.05, "finished_rate": 0.05},
-        description="how far a held-out metric may get worse before the guard flags the round and the gate refuses it")
+        description="how far a held-out metric may get worse, 95% interval and all, before the guard flags the round "
+                    "and the gate refuses it")
     default_tolerance: float = Field(0.05, ge=0, description="relative, for held-out metrics not in tolerances")
+    gate_metrics: list[str] = Field(["asr_wer", "unit_edit_distance"],
+                                    description="the promotion gate refuses a round whose held-out mean on any of "
+                                                "these is worse than the champion's, however little, so the champion "
+                                                "never gets worse; []: only regressions beyond tolerance refuse")
     champion_alias: str = Field("champion", description="MLflow alias of the best version so far; empty: never "
                                                         "promote")
 
@@ -225,10 +230,13 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    mode: Literal["sampled", "greedy"] = Field("greedy", description="sampled: fixed seeds, as generation samples; "
-                                                                     "greedy: argmax decoding")
-    samples_per_prompt: int = Field(4, ge=1, description="sampled mode: samples per held-out prompt")
-    seed: int = Field(4321, description="seed of the held-out samples (the same every round)")
+    mode: Literal["sampled", "greedy"] = Field("sampled", description="sampled: as the candidates are made (the "
+                                                                      "generate section's sampling), with fixed "
+                                                                      "seeds; greedy: argmax decoding")
+    samples_per_prompt: int = Field(2, ge=1, description="sampled mode: samples per held-out prompt")
+    probe_prompts: int = Field(32, ge=0, description="train probe: this many train prompts (a fixed seeded set) "
+                                                     "are evaluated like the held-out ones; 0: none")
+    seed: int = Field(4321, description="seed of the evaluation samples (the same every round)")
 
 
 class CampaignConfig(Section):
@@ -273,9 +281,15 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _criterion_ranks_by_scored_values(self) -> Config:
+        from speechalign.models.metrics import heldout_directions  # noqa: PLC0415 - the plug-ins' registry
         from speechalign.tasks.criteria import check_criterion  # noqa: PLC0415 - criteria live with the pairs stage
 
         check_criterion(self)
+        known = heldout_directions(self.score)
+        unknown = [m for m in self.guard.gate_metrics if m not in known]
+        if unknown:
+            raise ValueError(f"guard.gate_metrics {unknown}: not held-out values with a better side; they can be "
+                             f"{', '.join(known)}")
         return self
 
     # ---- what the knobs resolve to --------------------------------------------------------------
@@ -322,9 +336,9 @@ class Config(Section):
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
                 workdir: str | None = None) -> Config:
     """Defaults, then the work directory's config.toml (if any), then `path`, then --set overrides."""
-    data: dict = {}
+    data: dict = Config().to_dict()  # tables (tolerances, margins) merge key by key, over the defaults too
     if workdir:
-        data = {"paths": {"workdir": workdir}}
+        data = _merge(data, {"paths": {"workdir": workdir}})
     saved = _validated(data, "defaults").layout.config_file
     if saved.is_file():
         data = _merge(data, _read(saved))
@@ -421,7 +435,7 @@ def render_toml(config: Config, comments: bool = True) -> str:
         table = tomlkit.table()
         for key, value in section:
             if comments:
-                described = section.model_fields[key].description or ""
+                described = type(section).model_fields[key].description or ""
                 for line in textwrap.wrap(described, 110):
                     table.add(tomlkit.comment(line))
             value = section.model_dump(mode="json")[key]

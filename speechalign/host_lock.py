@@ -16,7 +16,7 @@ import os
 import socket
 import tempfile
 import time
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 
 log = logging.getLogger("speechalign")
@@ -61,7 +61,7 @@ class HostTrainingLock:
         self.waited_s = time.monotonic() - started
         os.ftruncate(self.fd, 0)
         os.pwrite(self.fd, json.dumps({"what": self.what, "pid": os.getpid(), "host": socket.gethostname(),
-                                       "since": datetime.now(timezone.utc).isoformat()}).encode(), 0)
+                                       "since": datetime.now(UTC).isoformat()}).encode(), 0)
         return self
 
     def __exit__(self, *exc) -> None:

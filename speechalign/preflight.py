@@ -32,7 +32,8 @@ def check_mlflow(uri: str) -> None:
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
-            raise PreflightError(f"MLflow store {uri}: cannot create {folder} ({exc}); fix [mlflow] tracking_uri") from exc
+            raise PreflightError(f"MLflow store {uri}: cannot create {folder} ({exc}); "
+                                 "fix [mlflow] tracking_uri") from exc
         if not os.access(folder, os.W_OK):
             raise PreflightError(f"MLflow store {uri}: {folder} is not writable; fix [mlflow] tracking_uri")
     elif uri.startswith(("postgresql", "mysql", "mssql")):

@@ -20,23 +20,29 @@ COLUMNS = [  # (header, key, format)
     ("round", "round", "{}"),
     ("status", "status", "{}"),
     ("pairs", "pairs/pairs", "{:.0f}"),
-    ("yield", "pairs/pair_yield", "{:.3f}"),
     ("dpo acc", "dpo/rewards/accuracies", "{:.3f}"),
     ("dpo margin", "dpo/rewards/margins", "{:.3f}"),
     ("logp chosen", "dpo/logps/chosen", "{:.1f}"),
-    ("held-out UED", "heldout/unit_edit_distance", "{:.4f}"),
+    ("WER", "heldout/asr_wer", "{:.3f}"),
+    ("CER", "heldout/asr_cer", "{:.3f}"),
+    ("UED", "heldout/unit_edit_distance", "{:.4f}"),
     ("golden NLL", "heldout/golden_nll", "{:.3f}"),
-    ("len ratio", "heldout/length_ratio", "{:.3f}"),
-    ("finished", "heldout/finished_rate", "{:.2f}"),
     ("OVRL", "heldout/dnsmos_ovrl", "{:.3f}"),
     ("spk sim", "heldout/speaker_similarity", "{:.3f}"),
-    ("CER", "heldout/asr_cer", "{:.3f}"),
+    ("len ratio", "heldout/length_ratio", "{:.3f}"),
+    ("unit KL", "heldout/unit_kl", "{:.3f}"),
+    ("probe WER", "probe/asr_wer", "{:.3f}"),
+    ("probe UED", "probe/unit_edit_distance", "{:.4f}"),
     ("guard", "guard", "{}"),
     ("promotion", "promotion", "{}"),
     ("version", "mlflow_version", "{}"),
     ("minutes", "minutes", "{:.1f}"),
 ]
-TITLE = "round 0 = base model; UED = held-out unit edit distance to golden"
+CHANGED = [("WER", "asr_wer"), ("UED", "unit_edit_distance"), ("golden NLL", "golden_nll"), ("OVRL", "dnsmos_ovrl"),
+           ("spk sim", "speaker_similarity")]  # the change table's columns: (header, held-out value)
+CEILING_ROWS = {"recording": "recording", "golden_tokens": "golden tokens"}
+TITLE = ("held-out prompts (probe: a fixed set of train prompts); round 0 = base model; UED = unit edit distance "
+         "to golden; unit KL = golden vs sampled unit distribution")
 
 
 def campaign_report(cfg: Config) -> dict:
@@ -44,14 +50,19 @@ def campaign_report(cfg: Config) -> dict:
     campaign = store.campaign(cfg.campaign.name)
     if campaign is None:
         return {"campaign": cfg.campaign.name, "rounds": []}
-    rows = []
+    rows, ceiling = [], {}
     for rnd in store.rounds(campaign.id):
         stages = store.stages(rnd.id)
         checkpoint = store.checkpoint(rnd.id)
+        record = round_record(store, rnd)
+        heldout = record.heldout
+        if heldout and heldout.ceiling:
+            ceiling = {name: {f"heldout/{k}": v for k, v in values.items()} for name, values in heldout.ceiling.items()}
         rows.append({
             "round": rnd.number, "status": rnd.status, "policy": rnd.policy_out or rnd.policy_in,
-            **round_record(store, rnd).figures(),
+            **record.figures(),
             **{kind: d.verdict for kind, d in store.decisions(rnd.id).items()},
+            **changes_of(heldout),
             "mlflow_run_id": rnd.mlflow_run_id, "mlflow_version": checkpoint.mlflow_version if checkpoint else None,
             "parent_version": checkpoint.parent_version if checkpoint else None,
             "minutes": sum(st.seconds or 0.0 for st in stages.values()) / 60,
@@ -62,7 +73,20 @@ def campaign_report(cfg: Config) -> dict:
         })
     listening = listening_figures(judged_items(store, campaign.id))
     return {"campaign": campaign.name, "store": redact(store.url), "registered_model": cfg.registered_model,
-            "rounds": rows, **({"listening": listening} if listening["judgments"] else {})}
+            "rounds": rows, "ceiling": ceiling.get("recording", {}), "golden_tokens": ceiling.get("golden_tokens", {}),
+            **({"listening": listening} if listening["judgments"] else {})}
+
+
+def changes_of(heldout) -> dict[str, dict]:
+    """A round's changes as the JSON report has them: "ci" {"heldout/<metric>": {"vs_base": [low, high],
+    "vs_previous": [low, high]}} and "change" {"heldout/<metric>": {"vs_base": mean change, ...}}."""
+    ci: dict[str, dict] = {}
+    change: dict[str, dict] = {}
+    for against, found in (heldout.changes.items() if heldout else ()):
+        for metric, (mean, low, high) in found.items():
+            ci.setdefault(f"heldout/{metric}", {})[against] = [low, high]
+            change.setdefault(f"heldout/{metric}", {})[against] = mean
+    return {"ci": ci, "change": change}
 
 
 def row_cells(row: dict) -> list[str]:
@@ -70,23 +94,65 @@ def row_cells(row: dict) -> list[str]:
     return [fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS]
 
 
+def ceiling_cells(report: dict) -> list[list[str]]:
+    """The ceiling rows: the held-out recordings, and their golden tokens decoded (scored once, at round 0)."""
+    out = []
+    for key, label in CEILING_ROWS.items():
+        figures = report.get("ceiling" if key == "recording" else key) or {}
+        if figures:
+            out.append(row_cells({**figures, "round": label, "status": "ceiling"}))
+    return out
+
+
+def change_cells(report: dict, against: str) -> list[list[str]]:
+    """Per round after 0: each CHANGED metric's change with its 95% interval."""
+    cells = []
+    for row in report["rounds"]:
+        if row["round"] == 0 or not row.get("ci"):
+            continue
+        line = [str(row["round"])]
+        for _, metric in CHANGED:
+            key = f"heldout/{metric}"
+            change, ci = row["change"].get(key, {}).get(against), row["ci"].get(key, {}).get(against)
+            line.append("-" if change is None else f"{change:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
+        cells.append(line)
+    return cells
+
+
+CHANGE_TITLES = {"vs_base": "change against round 0 (the base model)", "vs_previous": "change against the round before"}
+
+
 def format_table(report: dict) -> str:
     if not report["rounds"]:
         return f"campaign {report['campaign']}: no rounds yet"
-    lines = aligned([[h for h, _, _ in COLUMNS]] + [row_cells(row) for row in report["rounds"]])
+    lines = aligned([[h for h, _, _ in COLUMNS]] + [row_cells(row) for row in report["rounds"]] + ceiling_cells(report))
+    for against, title in CHANGE_TITLES.items():
+        cells = change_cells(report, against)
+        if cells:
+            lines += ["", f"{title}, mean over held-out prompts [paired bootstrap 95% CI]",
+                      *aligned([["round"] + [h for h, _ in CHANGED]] + cells)]
     failed = [r for r in report["rounds"] if r["status"] == "failed"]
     notes = [f"round {r['round']} failed: {r['error']} (run `speechalign round` to resume it)" for r in failed]
     listening = ["", format_listening(report["listening"])] if "listening" in report else []
     return "\n".join([f"campaign {report['campaign']}  ({TITLE})", *lines, *notes, *listening])
 
 
+def markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
+    return ["| " + " | ".join(header) + " |", "|" + "---:|" * len(header)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
 def markdown_table(report: dict) -> list[str]:
-    lines = ["| " + " | ".join(h for h, _, _ in COLUMNS) + " |", "|" + "---:|" * len(COLUMNS)]
-    return lines + ["| " + " | ".join(row_cells(r)) + " |" for r in report["rounds"]]
+    lines = markdown_rows([h for h, _, _ in COLUMNS], [row_cells(r) for r in report["rounds"]] + ceiling_cells(report))
+    for against, title in CHANGE_TITLES.items():
+        cells = change_cells(report, against)
+        if cells:
+            lines += ["", f"{title[0].upper()}{title[1:]}, mean over held-out prompts [paired bootstrap 95% CI]:", "",
+                      *markdown_rows(["round"] + [h for h, _ in CHANGED], cells)]
+    return lines
 
 
 def format_markdown(report: dict) -> str:
-    """The campaign's table in markdown (the README's tables come from here)."""
+    """The campaign's tables in markdown (the README's tables come from here)."""
     if not report["rounds"]:
         return f"campaign `{report['campaign']}`: no rounds yet"
     return "\n".join([f"Campaign `{report['campaign']}` ({TITLE}):", "", *markdown_table(report)])
@@ -102,8 +168,8 @@ def format_round_markdown(report: dict, number: int) -> str:
     lines += [f"| {name} | {st['status']} | {st['seconds'] or 0:.1f} | {st['attempts']} |"
               for name, st in row["stages"].items()]
     lines += ["", "## All rounds (round 0 = base model)", "", *markdown_table(report)]
-    lines += ["", f"Registered model `{report['registered_model']}`" +
-              (f", version {row['mlflow_version']} (parent {row['parent_version']})." if row["mlflow_version"] else ".")]
+    version = f", version {row['mlflow_version']} (parent {row['parent_version']})" if row["mlflow_version"] else ""
+    lines += ["", f"Registered model `{report['registered_model']}`{version}."]
     return "\n".join(lines)
 
 
@@ -117,7 +183,8 @@ def format_listening(figures: dict) -> str:
     lines = [f"listening tests: {figures['judgments']} judgments ({raters}); win rate = the first side's wins / "
              "(wins + losses), ties left out; 95% Wilson interval", *aligned(cells)]
     lines.append(f"rater agreement: {agreement['items']} items judged by 2+ raters" + (
-        f", pairwise agreement {share(agreement['percent_agreement'])}, Fleiss' kappa {share(agreement['fleiss_kappa'])}"
+        f", pairwise agreement {share(agreement['percent_agreement'])}, "
+        f"Fleiss' kappa {share(agreement['fleiss_kappa'])}"
         if agreement["items"] else ""))
     lines.append("raters vs the automatic criterion: " + (
         f"picked its chosen sample in {criterion['agree']} of {criterion['judgments']} non-tie judgments "

@@ -6,6 +6,8 @@ second run for the same campaign or round.
 
 from __future__ import annotations
 
+from typing import NamedTuple
+
 import mlflow
 from mlflow.tracking import MlflowClient
 
@@ -44,24 +46,34 @@ def _find_or_create_run(c: MlflowClient, exp_id: str, tags: dict[str, str], run_
     return c.create_run(exp_id, tags={**tags, "mlflow.runName": run_name}).info.run_id
 
 
-def campaign_run(cfg: Config, store: PreferenceStore, campaign: Campaign) -> tuple[MlflowClient, str, str]:
-    """(client, experiment id, parent run id) of the campaign, created on first use."""
+class RoundRun(NamedTuple):
+    client: MlflowClient
+    experiment_id: str
+    parent_run_id: str  # the campaign's run
+    run_id: str  # the round's run (round 0: the campaign's)
+
+
+def campaign_run(cfg: Config, store: PreferenceStore, campaign: Campaign) -> RoundRun:
+    """The campaign's run, created on first use (the store's row is read afresh: an earlier stage may have
+    made the run since the caller read it)."""
     c = client(cfg)
+    campaign = store.campaign(campaign.name) or campaign
     exp_id = experiment_id(cfg, c)
     run_id = campaign.mlflow_parent_run_id or _find_or_create_run(
         c, exp_id, {CAMPAIGN_TAG: campaign.name, ROUND_TAG: "campaign"}, campaign.name)
     if campaign.mlflow_parent_run_id != run_id:
         c.log_text(run_id, cfg.to_toml(), "config.toml")
         store.set_campaign_mlflow(campaign.id, exp_id, run_id)
-    return c, exp_id, run_id
+    return RoundRun(c, exp_id, run_id, run_id)
 
 
-def round_run(cfg: Config, store: PreferenceStore, campaign: Campaign, rnd: Round) -> tuple[MlflowClient, str, str]:
-    """(client, parent run id, round run id): the round's run, nested under the campaign's."""
-    c, exp_id, parent = campaign_run(cfg, store, campaign)
+def round_run(cfg: Config, store: PreferenceStore, campaign: Campaign, rnd: Round) -> RoundRun:
+    """The round's run, nested under the campaign's."""
+    c, exp_id, parent, _ = campaign_run(cfg, store, campaign)
+    rnd = store.round(rnd.id)
     run_id = rnd.mlflow_run_id or _find_or_create_run(
         c, exp_id, {CAMPAIGN_TAG: campaign.name, ROUND_TAG: str(rnd.number), "mlflow.parentRunId": parent},
         f"round-{rnd.number}")
     if rnd.mlflow_run_id != run_id:
         store.set_round_mlflow_run(rnd.id, run_id)
-    return c, parent, run_id
+    return RoundRun(c, exp_id, parent, run_id)

@@ -21,12 +21,12 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
-
-from speechalign.config import Config
 from speechalign.models.acoustic import CONFIG_NAME, AcousticConfig, is_saved_acoustic, layer_accuracy, train_acoustic
 from speechalign.models.codec import load_codec
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.progress import Progress
+
+from speechalign.config import Config
 
 log = logging.getLogger(__name__)
 

@@ -12,13 +12,19 @@ import os
 
 import torch
 from datasets import Dataset
+from speechalign.models.codec_lm import (
+    CodecLM,
+    build_demo_model,
+    build_demo_tokenizer,
+    completion_text,
+    load_user_model,
+)
+from speechalign.preference_store.schema import Prompt
+from speechalign.tasks.training_progress import TrainingProgress
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from speechalign.config import Config
-from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, completion_text, load_user_model
-from speechalign.preference_store.schema import Prompt
-from speechalign.tasks.training_progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -37,8 +43,8 @@ def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir
     """Full fine-tuning on golden units of the train split; returns the training figures."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     m = cfg.model
-    data = Dataset.from_list([{"prompt": lm.prompt(p.text, p.speaker), "completion": completion_text(p.golden_tokens[0])}
-                              for p in prompts])
+    data = Dataset.from_list([{"prompt": lm.prompt(p.text, p.speaker),
+                               "completion": completion_text(p.golden_tokens[0])} for p in prompts])
     args = SFTConfig(
         output_dir=out_dir, num_train_epochs=m.sft_epochs, per_device_train_batch_size=m.sft_batch_size,
         learning_rate=m.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10,

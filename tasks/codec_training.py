@@ -13,9 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-
 from speechalign.models.codec import (
-    CHECKPOINT_NAME, CONFIG_NAME, DEMO_CODEC_CONFIG, build_demo_codec, encode, load_codec,
+    CHECKPOINT_NAME,
+    CONFIG_NAME,
+    DEMO_CODEC_CONFIG,
+    build_demo_codec,
+    encode,
+    load_codec,
 )
 from speechalign.models.codec_decoder import train_decoder
 from speechalign.tasks.import_corpus import read_manifest

@@ -21,7 +21,6 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rapidfuzz.distance import Levenshtein
-
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Sample
 
@@ -128,8 +127,9 @@ def check_criterion(cfg: Config) -> None:
         raise ValueError("pairs.metrics is empty; the unanimous criterion needs at least one metric")
     for m in names:
         if m not in directions and m in heldout_only:
-            raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which is scored on held-out samples "
-                             "only (score.heldout_metrics); add its plug-in to score.metrics to score every candidate")
+            raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which is scored on held-out "
+                             "samples only (score.heldout_metrics); add its plug-in to score.metrics to score every "
+                             "candidate")
         if m not in directions:
             raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which no [score] metric produces; "
                              f"score.metrics {cfg.score.metrics} give {', '.join(directions)}")

@@ -21,10 +21,6 @@ from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
-
-from speechalign.config import Config
-from speechalign.faults import fault_point
-from speechalign.layout import Layout
 from speechalign.models.acoustic import load_acoustic
 from speechalign.models.codec import load_codec
 from speechalign.models.metrics import needs_audio
@@ -37,7 +33,12 @@ from speechalign.tasks.results import Audio, Candidates
 from speechalign.tasks.score import candidate_metrics
 from speechalign.tasks.stage import stage
 
+from speechalign.config import Config
+from speechalign.faults import fault_point
+from speechalign.layout import Layout
+
 log = logging.getLogger(__name__)
+KINDS = ("golden", "candidate", "heldout", "probe", "recording")
 
 
 @stage
@@ -53,7 +54,9 @@ def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids:
     """Decode the samples (of round `number`) that have no WAV yet, in batches."""
     ids = tuple(sample_ids)
     prompts = {p.id: p for p in store.prompts()}
-    samples = [s for s in store.samples_by_id(ids).values() if not (s.audio_path and Path(s.audio_path).is_file())]
+    # in an order that does not depend on the ids (a batch's padding touches its sequences' last frames)
+    silent = [s for s in store.samples_by_id(ids).values() if not (s.audio_path and Path(s.audio_path).is_file())]
+    samples = sorted(silent, key=lambda s: (KINDS.index(s.kind), s.prompt_id, s.k))
     if not samples:
         return Audio(sample_ids=ids, decoded=0, skipped=0)
     synth = synthesizer(cfg)

@@ -1,68 +1,138 @@
-"""Evaluate: the policy on held-out prompts, with the same seeds every round so rounds compare.
+"""Evaluate: the policy on held-out prompts, with the same seeds every round so rounds compare prompt by prompt.
 
-    samples = sample_heldout(...)     each held-out prompt: `samples_per_prompt` sampled sequences (fixed
-                                      seeds, as generation samples) or one greedy sequence
-    audio = decode_samples(...)       every held-out sample to a WAV
+    samples = sample(...)             each held-out prompt: `samples_per_prompt` sequences sampled as the
+                                      candidates are (fixed seeds), or one greedy sequence; and the same on a
+                                      fixed set of train prompts (the train probe)
+    audio = decode_samples(...)       every one of them to a WAV
     scores = score_samples(...)       every metric of score.metrics and score.heldout_metrics
+    figures                           per prompt, then their mean; the change against round 0 and the round
+                                      before with its paired bootstrap 95% interval (speechalign/intervals.py);
+                                      the distribution gap between golden and sampled units (unit_kl, bigram_kl)
 
-Held-out prompts never take part in pairs or training. The round's figure for a metric is the mean over
-all held-out samples. The policy's teacher-forced likelihood of the golden tokens (`golden_nll`) comes with
-them: it has no decoding noise, so it shows small changes between rounds that one greedy sequence per
-prompt hides.
+Held-out prompts never take part in pairs or training. The train probe tells "alignment does nothing"
+from "alignment does not generalise": its prompts are trained on. The policy's teacher-forced likelihood
+of the golden tokens (`golden_nll`) has no decoding noise. Round 0 also scores the ceiling, once: the
+held-out recordings themselves, and their golden tokens through the same decoding path as every sample.
 """
 
 from __future__ import annotations
 
-from speechalign.config import Config
+import random
+import statistics
+
 from speechalign.models.codec_lm import CodecLM, load_codec_lm
-from speechalign.models.likelihood import golden_nll
+from speechalign.models.likelihood import sequence_nll
 from speechalign.models.sampling import Sampling, generate_units
+from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.seeds import derive_seed
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.decode import decode_samples
+from speechalign.tasks.distribution_gap import gap, save_projection
 from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Heldout
 from speechalign.tasks.score import heldout_metrics, score_samples
 from speechalign.tasks.stage import stage
 
+from speechalign.config import Config
+from speechalign.intervals import changes
+from speechalign.seeds import derive_seed
+
+GAP_FIGURE = "distribution_gap.png"
+
 
 @stage
 def evaluate(ctx: RoundContext, policy: str) -> Heldout:
-    cfg, store = ctx.cfg, ctx.store
+    cfg, store, round_id = ctx.cfg, ctx.store, ctx.round.id
     lm = load_codec_lm(policy)
-    samples = sample_heldout(cfg, store, ctx.round.id, lm)
-    audio = decode_samples(cfg, store, ctx.number, samples)
-    scores = score_samples(cfg, store, ctx.round.id, audio.sample_ids, heldout_metrics(cfg), policy)
-    prompts = store.prompts("heldout")
-    nll = golden_nll(lm, [(lm.prompt(p.text, p.speaker), p.golden_tokens[0]) for p in prompts], cfg.generate.batch_size)
-    finished = [s.finished for s in store.samples(ctx.round.id, "heldout")]
-    metrics = {**scores.means, "finished_rate": sum(finished) / max(1, len(finished)), "golden_nll": nll}
-    return Heldout(policy=policy, prompts=len(prompts), samples=len(samples), mode=cfg.evaluate.mode,
-                   metrics=metrics, decode=audio, score_failures=scores.failures)
-
-
-def sample_heldout(cfg: Config, store: PreferenceStore, round_id: int, lm: CodecLM) -> tuple[int, ...]:
-    """The round's held-out samples (generated now where missing); their ids."""
-    prompts = store.prompts("heldout")
-    if not prompts:
+    heldout, probe = store.prompts("heldout"), probe_prompts(cfg, store)
+    if not heldout:
         raise RuntimeError("the store has no held-out prompts; set corpus.heldout_fraction > 0 and bootstrap again")
+    sampled = sample(cfg, store, round_id, lm, heldout, "heldout") + sample(cfg, store, round_id, lm, probe, "probe")
+    ceiling = add_ceiling_samples(store, round_id, heldout) if ctx.number == 0 else ()
+    audio = decode_samples(cfg, store, ctx.number, sampled + ceiling)
+    scores = score_samples(cfg, store, round_id, audio.sample_ids, heldout_metrics(cfg), policy)
+
+    per_prompt = prompt_figures(store, round_id, "heldout")
+    per_prompt["golden_nll"] = golden_nll(lm, heldout, cfg.generate.batch_size)
+    samples = store.samples(round_id, "heldout")
+    golden, synthetic = [p.golden_tokens[0] for p in heldout], [s.tokens for s in samples]
+    ctx.layout.round_dir(ctx.number).mkdir(parents=True, exist_ok=True)
+    save_projection(golden, synthetic, f"round {ctx.number}: golden vs the policy's units, held out",
+                    ctx.layout.round_dir(ctx.number) / GAP_FIGURE)
+    against = {"vs_base": ctx.base, "vs_previous": ctx.previous}
+    return Heldout(
+        policy=policy, prompts=len(heldout), samples=len(samples), mode=cfg.evaluate.mode,
+        metrics={**means(per_prompt), **gap(golden, synthetic)}, per_prompt=per_prompt,
+        changes={name: changes(per_prompt, record.heldout.per_prompt) for name, record in against.items()
+                 if record is not None and record.heldout is not None},
+        probe=means(prompt_figures(store, round_id, "probe")),
+        ceiling={row: means(prompt_figures(store, round_id, kind)) for row, kind in CEILING.items() if ceiling},
+        decode=audio, score_failures=scores.failures)
+
+
+def probe_prompts(cfg: Config, store: PreferenceStore) -> list[Prompt]:
+    """The train probe: a seeded subset of the train prompts, the same every round."""
+    train = store.prompts("train")
+    n = min(cfg.evaluate.probe_prompts, len(train))
+    return sorted(random.Random(derive_seed(cfg.evaluate.seed, "probe")).sample(train, n), key=lambda p: p.id)
+
+
+def sample(cfg: Config, store: PreferenceStore, round_id: int, lm: CodecLM, prompts: list[Prompt],
+           kind: str) -> tuple[int, ...]:
+    """The round's `kind` samples of `prompts` (generated now where missing), by id. Seeds depend on the
+    prompt, the sample's index and the evaluation seed, never on the round: rounds compare prompt by prompt."""
     e, g = cfg.evaluate, cfg.generate
     greedy = e.mode == "greedy"
     sampling = Sampling(not greedy, g.temperature, g.top_k, g.top_p, g.max_new_tokens)
-    done = store.existing_sample_keys(round_id, "heldout")
+    done = store.existing_sample_keys(round_id, kind)
     todo = [(p, k) for k in range(1 if greedy else e.samples_per_prompt) for p in prompts if (p.id, k) not in done]
-    batches = [todo[i:i + g.batch_size] for i in range(0, len(todo), g.batch_size)]
-    with Progress(f"evaluate: {len(todo)} held-out samples", len(todo), "sample") as progress:
-        for batch in batches:
-            # seeds depend on the prompts and the evaluation seed only, never on the round
-            seed = derive_seed(e.seed, batch[0][0].id, batch[0][1])
+    with Progress(f"evaluate: {len(todo)} {kind} samples", len(todo), "sample") as progress:
+        for start in range(0, len(todo), g.batch_size):
+            batch = todo[start:start + g.batch_size]
+            seed = derive_seed(e.seed, kind, batch[0][0].id, batch[0][1])
             outputs = generate_units(lm, [lm.prompt(p.text, p.speaker) for p, _ in batch], sampling, seed)
             store.add_samples([
-                {"round_id": round_id, "prompt_id": p.id, "kind": "heldout", "k": k, "tokens": out.units,
+                {"round_id": round_id, "prompt_id": p.id, "kind": kind, "k": k, "tokens": out.units,
                  "finished": out.finished, "seed": seed if not greedy else None,
                  "sampling": {**sampling.as_dict(), "batch_position": i}}
                 for i, ((p, k), out) in enumerate(zip(batch, outputs))
             ])
             progress.advance(len(batch))
-    return tuple(s.id for s in store.samples(round_id, "heldout"))
+    wanted = {p.id for p in prompts}
+    return tuple(s.id for s in store.samples(round_id, kind) if s.prompt_id in wanted)
+
+
+CEILING = {"recording": "recording", "golden_tokens": "golden"}  # ceiling row -> the sample kind it scores
+
+
+def add_ceiling_samples(store: PreferenceStore, round_id: int, prompts: list[Prompt]) -> tuple[int, ...]:
+    """Round 0's ceiling: each held-out recording as it is (kind "recording"), and its golden tokens to be
+    decoded like any sample (kind "golden")."""
+    store.add_samples([{"round_id": round_id, "prompt_id": p.id, "kind": kind, "k": 0, "tokens": p.golden_tokens[0],
+                        "finished": True, "seed": None, "sampling": None,
+                        "audio_path": p.golden_audio_path if kind == "recording" else None}
+                       for p in prompts for kind in CEILING.values()])
+    return tuple(s.id for s in store.samples(round_id) if s.kind in CEILING.values())
+
+
+def prompt_figures(store: PreferenceStore, round_id: int, kind: str) -> dict[str, dict[int, float]]:
+    """Per value, per prompt: the mean over the prompt's `kind` samples (failed scores left out), and the
+    share of its samples that ended with a stop token (`finished_rate`)."""
+    samples = store.samples(round_id, kind)
+    scores = store.scores(round_id, kind)
+    values: dict[str, dict[int, list[float]]] = {}
+    for s in samples:
+        for metric, value in {**scores.get(s.id, {}), "finished_rate": float(s.finished)}.items():
+            if value is not None:
+                values.setdefault(metric, {}).setdefault(s.prompt_id, []).append(value)
+    return {m: {p: statistics.fmean(v) for p, v in by_prompt.items()} for m, by_prompt in values.items()}
+
+
+def golden_nll(lm: CodecLM, prompts: list[Prompt], batch_size: int) -> dict[int, float]:
+    """Per prompt, the policy's mean negative log-likelihood per token of the golden units (teacher-forced)."""
+    nll = sequence_nll(lm, [(lm.prompt(p.text, p.speaker), p.golden_tokens[0]) for p in prompts], batch_size)
+    return {p.id: v for p, v in zip(prompts, nll)}
+
+
+def means(per_prompt: dict[str, dict[int, float]]) -> dict[str, float]:
+    return {m: statistics.fmean(v.values()) for m, v in sorted(per_prompt.items()) if v}

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
+from speechalign.tasks.progress import Progress
 
 from speechalign.config import Config
-from speechalign.tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -123,7 +123,8 @@ def _on_dask(runner, cfg: Config, stage: str, work: Work, round_id: int, shards:
     futures = {}
     for i, batches in enumerate(shards):
         named = shard.with_options(name=f"{stage}-shard", task_run_name=f"{stage}-shard-{i + 1}-of-{len(shards)}",
-                                   retries=cfg.prefect.task_retries, retry_delay_seconds=cfg.prefect.retry_delay_seconds)
+                                   retries=cfg.prefect.task_retries,
+                                   retry_delay_seconds=cfg.prefect.retry_delay_seconds)
         params = {"work": work, "cfg": cfg, "round_id": round_id, "batches": batches, "args": args}
         futures[runner.submit(named, parameters=params)] = len(batches)
     results, done, failed = [], 0, []

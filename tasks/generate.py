@@ -10,18 +10,19 @@ from __future__ import annotations
 import logging
 import random
 
-from speechalign.config import Config
-from speechalign.faults import fault_point
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.seeds import derive_seed
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.fan_out import FanOut
 from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Candidates
 from speechalign.tasks.stage import stage
+
+from speechalign.config import Config
+from speechalign.faults import fault_point
+from speechalign.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 
@@ -35,8 +36,8 @@ def generate(ctx: RoundContext) -> Candidates:
     todo = [(p.id, k) for p in prompts for k in range(ctx.cfg.generate.k) if (p.id, k) not in done]
     size = ctx.cfg.generate.batch_size
     batches = [todo[i:i + size] for i in range(0, len(todo), size)]
-    with Progress(f"generate: {len(todo)} candidates of round {ctx.number}", len(batches), "batch") as progress, \
-            FanOut(ctx.cfg, "generate") as fan:
+    description = f"generate: {len(todo)} candidate sequences of round {ctx.number}"
+    with Progress(description, len(batches), "batch") as progress, FanOut(ctx.cfg, "generate") as fan:
         shards = fan.run(generate_batches, round_id, batches, progress=progress)
     samples = [s for s in store.samples(round_id) if s.kind in ("golden", "candidate")]
     return Candidates(sample_ids=tuple(s.id for s in samples), prompts=len(prompts), generated=len(todo),

@@ -1,4 +1,9 @@
-"""The collapse guard and the promotion gate.
+"""The collapse guard and the promotion gate: they decide on paired bootstrap intervals, not on means.
+
+A held-out metric regresses when the 95% interval of its change (speechalign/intervals.py: prompt by
+prompt, the same seeds every round) lies entirely on the worse side, beyond the metric's tolerance
+(guard.tolerances; others guard.default_tolerance of the reference value). A mean that crossed the
+tolerance while its interval still reaches it is noise, and not a regression.
 
 Guard (stage `guard`, after evaluate). GenSR-Pref saw a fixed ground-truth winner collapse the model:
 DPO reward accuracy saturates, reward margins inflate, and the chosen side's likelihood falls while
@@ -6,14 +11,16 @@ quality drops. A round is flagged when, at the end of its DPO training,
   - rewards/accuracies >= guard.accuracy_limit, and rewards/margins >= guard.margin_limit, and the
     chosen side falls: rewards/chosen < 0 (the policy finds the chosen sequences less likely than its
     reference did) or logps/chosen below the previous round's;
-  - or a held-out metric got worse than the previous round's by more than its tolerance.
+  - or a held-out metric regressed against the previous round.
 guard.action decides what a flag does: warn (log it), stop (the campaign stops after this round and
 refuses new rounds until the action is changed), refuse_promotion (the round is never champion).
 
 Gate (stage `promote`, after register). The round's model version gets the MLflow alias
-guard.champion_alias only if no held-out metric is worse than the current champion's (the base model
-until a round is promoted) by more than its tolerance. Both decisions, with their reasons and figures,
-go to the store (round_decisions) and onto the round's MLflow run as tags.
+guard.champion_alias only if, against the current champion (the base model, round 0, until a round is
+promoted): no held-out metric regressed, and no metric of guard.gate_metrics has a worse mean, however
+little. So the champion never gets worse: a run of rounds each a little worse than the last leaves it
+where it is. Both decisions, with their reasons and figures, go to the store (round_decisions) and onto
+the round's MLflow run as tags.
 
 `guard_verdict` and `promotion_verdict` decide from their arguments alone; the stages record and act.
 """
@@ -23,32 +30,38 @@ from __future__ import annotations
 import dataclasses
 import logging
 
-from speechalign.config import Config, GuardConfig
 from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.results import Heldout, Promotion, Registered, RoundRecord, Trained, Verdict
 from speechalign.tasks.stage import stage
+
+from speechalign.config import Config, GuardConfig
+from speechalign.intervals import changes, worse_beyond
 from speechalign.tracking import round_run
 
 log = logging.getLogger(__name__)
 def regressions(guard: GuardConfig, directions: dict[str, bool], current: dict[str, float],
-                reference: dict[str, float], against: str) -> list[str]:
-    """One sentence per held-out metric that is worse than `reference` by more than its tolerance."""
+                reference: dict[str, float], changed: dict[str, list[float]], against: str) -> list[str]:
+    """One sentence per held-out metric whose change against `reference` is worse beyond its tolerance,
+    interval and all (`changed`: metric -> [mean change, low, high]). A metric with no interval (results
+    stored without per-prompt figures) is judged by its mean change."""
     reasons = []
     for metric, higher in directions.items():
         now, ref = current.get(metric), reference.get(metric)
         if now is None or ref is None:
             continue
-        worse = (ref - now) if higher else (now - ref)
         tolerance = guard.tolerances.get(metric, guard.default_tolerance * abs(ref))
-        if worse > tolerance:
-            reasons.append(f"held-out {metric} {now:.4f} vs {ref:.4f} ({against}): worse by {worse:.4f}, "
-                           f"tolerance {tolerance:.4f}")
+        change = changed.get(metric) or [now - ref] * 3
+        if worse_beyond(change, higher, tolerance):
+            worse = -change[0] if higher else change[0]
+            reasons.append(f"held-out {metric} {now:.4f} vs {ref:.4f} ({against}): worse by {worse:.4f}, 95% CI of "
+                           f"the change {change[1]:+.4f} to {change[2]:+.4f}, beyond the tolerance {tolerance:.4f}")
     return reasons
 
 
-def collapse_signals(guard: GuardConfig, final: dict[str, float], previous: dict[str, float] | None = None) -> list[str]:
+def collapse_signals(guard: GuardConfig, final: dict[str, float],
+                     previous: dict[str, float] | None = None) -> list[str]:
     """The DPO curve's end shows collapse: saturated accuracy, inflated margin and a falling chosen side, all
     at once. The chosen side falls when its reward is below 0 (less likely than under the reference) or its
     log-probability is below the previous round's (with reference = previous, each round's reference moves)."""
@@ -73,7 +86,7 @@ def guard_verdict(cfg: Config, trained: Trained, heldout: Heldout, previous: Rou
     collapse = collapse_signals(cfg.guard, trained.final, before)
     regressed = regressions(cfg.guard, heldout_directions(cfg.score), heldout.metrics,
                             previous.heldout.metrics if previous and previous.heldout else {},
-                            f"round {previous.number}" if previous else "")
+                            heldout.changes.get("vs_previous", {}), f"round {previous.number}" if previous else "")
     return Verdict(flagged=bool(collapse or regressed), collapse=bool(collapse), reasons=tuple(collapse + regressed),
                    action=cfg.guard.action)
 
@@ -95,12 +108,19 @@ def guard(ctx: RoundContext, trained: Trained, heldout: Heldout, previous: Round
 
 
 def promotion_verdict(cfg: Config, heldout: Heldout, champion: RoundRecord, verdict: Verdict) -> Promotion:
-    """Promoted, refused or off (no alias configured): no held-out metric may be worse than the champion's."""
+    """Promoted, refused or off (no alias configured); see the module's docstring."""
     registered = champion.get(Registered)
     against = (f"champion round {champion.number}, version {registered.version}" if champion.number > 0 and registered
                else "base model, round 0")
-    reference = champion.heldout.metrics if champion.heldout else {}
-    reasons = regressions(cfg.guard, heldout_directions(cfg.score), heldout.metrics, reference, against)
+    reference = champion.heldout or heldout
+    directions = heldout_directions(cfg.score)
+    reasons = regressions(cfg.guard, directions, heldout.metrics, reference.metrics,
+                          changes(heldout.per_prompt, reference.per_prompt), against)
+    for metric in cfg.guard.gate_metrics:
+        now, ref = heldout.metrics.get(metric), reference.metrics.get(metric)
+        if now is not None and ref is not None and (now < ref if directions[metric] else now > ref):
+            reasons.append(f"held-out {metric} {now:.4f} is worse than the {against}'s {ref:.4f} (guard.gate_metrics: "
+                           "the champion is replaced only by a round at least as good on these)")
     if verdict.flagged and cfg.guard.action == "refuse_promotion":
         reasons.append("the collapse guard flagged this round: " + "; ".join(verdict.reasons))
     alias = cfg.guard.champion_alias
@@ -112,7 +132,7 @@ def promotion_verdict(cfg: Config, heldout: Heldout, champion: RoundRecord, verd
 def promote(ctx: RoundContext, registered: Registered, heldout: Heldout, verdict: Verdict) -> Promotion:
     cfg, store = ctx.cfg, ctx.store
     decision = promotion_verdict(cfg, heldout, ctx.champion, verdict)
-    c, _, run_id = round_run(cfg, store, ctx.campaign, ctx.round)
+    c, _, _, run_id = round_run(cfg, store, ctx.campaign, ctx.round)
     if decision.verdict == "promoted":
         c.set_registered_model_alias(cfg.registered_model, decision.alias, registered.version)
         store.set_promoted(ctx.round.id)

@@ -14,12 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from speechalign.audio import resample
-from speechalign.layout import safe_name
 from speechalign.models.codec import encode
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.tasks.progress import Progress
+
+from speechalign.audio import resample
+from speechalign.layout import safe_name
 
 log = logging.getLogger(__name__)
 
@@ -99,10 +99,12 @@ def read_manifest(manifest: Path, sample_rate: int, min_seconds: float, max_seco
     return rows, problems
 
 
-def load_row_audio(path: Path, sample_rate: int, line: int, utt: str, problems: list[Problem]) -> tuple[np.ndarray | None, bool]:
+def load_row_audio(path: Path, sample_rate: int, line: int, utt: str,
+                   problems: list[Problem]) -> tuple[np.ndarray | None, bool]:
     """Mono float32 audio at `sample_rate`, or None (with the problem recorded); also whether it was repaired."""
     if not path.is_file():
-        problems.append(Problem(line, utt, "skipped", f"audio file {path} does not exist; paths are relative to the manifest"))
+        problems.append(Problem(line, utt, "skipped",
+                                f"audio file {path} does not exist; paths are relative to the manifest"))
         return None, False
     try:
         audio, rate = sf.read(path, dtype="float32", always_2d=True)
@@ -140,12 +142,8 @@ def import_corpus(store: PreferenceStore, codec, manifest: Path, min_seconds: fl
     known = store.known_utterances()
     new = [r for r in rows if r.utterance_id not in known]
     splits = assign_splits([r.utterance_id for r in new], heldout_fraction, split_seed)
-    codes = []
     with Progress(f"import: golden tokens of {len(new)} recordings", len(new), "recording") as progress:
-        for start in range(0, len(new), 8 * batch_size):
-            chunk = [r.audio for r in new[start:start + 8 * batch_size]]
-            codes += encode(codec, chunk, batch_size)
-            progress.advance(len(chunk))
+        codes = encode(codec, [r.audio for r in new], batch_size, on_batch=progress.advance)
     store.add_prompts([
         {"utterance_id": r.utterance_id, "text": r.text, "speaker": r.speaker, "golden_audio_path": str(r.audio_path),
          "golden_tokens": c.tolist(), "num_frames": int(c.shape[1]), "duration_s": len(r.audio) / codec.sample_rate,

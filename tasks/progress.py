@@ -20,7 +20,6 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.context import TaskRunContext
 from tqdm.auto import tqdm
 
-
 log = logging.getLogger(__name__)
 ARTIFACT_EVERY_S = 2.0  # the Prefect API is told at most this often (and at the end)
 

@@ -16,17 +16,18 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param
-
-from speechalign.config import Config
-from speechalign.faults import fault_point
-from speechalign.layout import safe_name
 from speechalign.models.pyfunc import CodecLMModel
 from speechalign.preference_store.schema import Round
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.decode import synthesizer, write_wav
+from speechalign.tasks.evaluate import GAP_FIGURE
 from speechalign.tasks.results import Heldout, Pairs, Registered, Trained, Verdict, figures
 from speechalign.tasks.stage import stage
+
+from speechalign.config import Config
+from speechalign.faults import fault_point
+from speechalign.layout import safe_name
 from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
 LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate", "guard")
@@ -37,8 +38,9 @@ AUDIO_PROMPTS = 3  # held-out prompts whose audio each round logs, the same ones
 @stage
 def register(ctx: RoundContext, pairs: Pairs, trained: Trained, heldout: Heldout, verdict: Verdict) -> Registered:
     cfg, store, rnd = ctx.cfg, ctx.store, ctx.round
-    c, parent, run_id = round_run(cfg, store, ctx.campaign, rnd)
-    summary = {**figures(heldout), **figures(pairs), **figures(verdict), **figures(trained)}
+    c, experiment, parent, run_id = round_run(cfg, store, ctx.campaign, rnd)
+    summary = {**figures(heldout), **interval_figures(heldout), **figures(pairs), **figures(verdict),
+               **figures(trained)}
     if not c.get_metric_history(run_id, next(iter(figures(heldout)))):  # metrics of this round not logged yet
         now = int(time.time() * 1000)
         timings = {name: st.seconds for name, st in store.stages(rnd.id).items() if st.seconds is not None}
@@ -51,8 +53,9 @@ def register(ctx: RoundContext, pairs: Pairs, trained: Trained, heldout: Heldout
                                      for k, v in summary.items()])
     if not c.list_artifacts(run_id, "adapter"):
         c.log_artifacts(run_id, trained.adapter, "adapter")
+    log_gap_figure(ctx, c, run_id)
     log_audio_samples(cfg, store, c, run_id, rnd, "audio")
-    version = registered_version(cfg, c, ctx.campaign.mlflow_experiment_id or "", run_id, rnd, trained.policy)
+    version = registered_version(cfg, c, experiment, run_id, rnd, trained.policy)
     previous = store.round_number(ctx.campaign.id, rnd.number - 1)
     parent_ckpt = store.checkpoint(previous.id) if previous else None
     store.add_checkpoint({"round_id": rnd.id, "path": trained.policy, "mlflow_model_name": cfg.registered_model,
@@ -66,14 +69,34 @@ def register(ctx: RoundContext, pairs: Pairs, trained: Trained, heldout: Heldout
 @stage
 def register_baseline(ctx: RoundContext, heldout: Heldout) -> Registered:
     """Round 0: the base model's held-out metrics go on the campaign's run at step 0 (no model version)."""
-    c, _, parent = campaign_run(ctx.cfg, ctx.store, ctx.campaign)
+    c, _, parent, _ = campaign_run(ctx.cfg, ctx.store, ctx.campaign)
     metrics = figures(heldout)
     if not c.get_metric_history(parent, next(iter(metrics))):
         now = int(time.time() * 1000)
-        c.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in metrics.items()])
+        ceiling = {f"ceiling/{row}/{k}": v for row, values in heldout.ceiling.items() for k, v in values.items()}
+        c.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in {**metrics, **ceiling}.items()])
     log_audio_samples(ctx.cfg, ctx.store, c, parent, ctx.round, "audio/round-0")
+    log_gap_figure(ctx, c, parent)
     c.set_terminated(parent)  # the campaign is at rest between rounds; later rounds log to it again
     return Registered(run_id=parent, model=ctx.cfg.registered_model, version="base")
+
+
+def interval_figures(heldout: Heldout) -> dict[str, float]:
+    """Each held-out change with its 95% interval, as metrics: change/heldout/<metric>/vs_base (and _low, _high)."""
+    out = {}
+    for against, found in heldout.changes.items():
+        for metric, (mean, low, high) in found.items():
+            name = f"change/heldout/{metric}/{against}"
+            out.update({name: mean, f"{name}_low": low, f"{name}_high": high})
+    return out
+
+
+def log_gap_figure(ctx: RoundContext, client, run_id: str) -> None:
+    """The round's golden-vs-synthetic projection (tasks/distribution_gap.py), once."""
+    path = ctx.layout.round_dir(ctx.number) / GAP_FIGURE
+    folder = f"distribution_gap/round-{ctx.number}"
+    if path.is_file() and not client.list_artifacts(run_id, folder):
+        client.log_artifact(run_id, str(path), folder)
 
 
 def round_params(cfg: Config) -> list[Param]:

@@ -91,14 +91,23 @@ class Trained:
 
 @dataclass(frozen=True)
 class Heldout:
-    """The evaluated policy's figures on the held-out prompts (the same samples' seeds every round)."""
+    """The evaluated policy's figures on the held-out prompts (the same samples' seeds every round).
+
+    A metric's figure is the mean over prompts of the mean of each prompt's samples (`per_prompt`, which the
+    paired bootstrap intervals resample: speechalign/intervals.py). `changes[against][metric]` is
+    [mean change, 2.5th, 97.5th percentile] against round 0 ("vs_base") and the round before ("vs_previous").
+    """
 
     stage: ClassVar[str] = "evaluate"
     policy: str
     prompts: int
     samples: int
     mode: str
-    metrics: dict[str, float]  # value name -> mean over held-out samples (and golden_nll, finished_rate)
+    metrics: dict[str, float]  # value name -> figure (with golden_nll, finished_rate, and the gap: unit_kl...)
+    per_prompt: dict[str, dict[int, float]] = field(default_factory=dict)
+    changes: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    probe: dict[str, float] = field(default_factory=dict)  # the same figures on a fixed set of train prompts
+    ceiling: dict[str, dict[str, float]] = field(default_factory=dict)  # round 0: "recording", "golden_tokens"
     decode: Audio | None = None
     score_failures: int = 0
 
@@ -163,7 +172,8 @@ def _from_untyped_stages(result_type: type, data: dict) -> dict:
 def figures(result) -> dict[str, float]:
     """A result's figures by their MLflow / report name: `<stage>/<field>`, `heldout/<value>`, `dpo/<name>`."""
     if isinstance(result, Heldout):
-        return {f"heldout/{k}": float(v) for k, v in result.metrics.items()}
+        return {**{f"heldout/{k}": float(v) for k, v in result.metrics.items()},
+                **{f"probe/{k}": float(v) for k, v in result.probe.items()}}
     if isinstance(result, Trained):
         return {f"dpo/{k}": float(v) for k, v in result.final.items()}
     return {f"{result.stage}/{f.name}": float(getattr(result, f.name)) for f in dataclasses.fields(result)

@@ -16,7 +16,6 @@ from __future__ import annotations
 import logging
 import statistics
 
-from speechalign.config import Config
 from speechalign.models.metrics import ScoreItem, get_metric, needs_audio, value_directions
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore, open_store
@@ -25,6 +24,8 @@ from speechalign.tasks.fan_out import FanOut
 from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Audio, Scores
 from speechalign.tasks.stage import stage
+
+from speechalign.config import Config
 
 log = logging.getLogger(__name__)
 

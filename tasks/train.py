@@ -18,17 +18,17 @@ from contextlib import ExitStack
 import torch
 from datasets import Dataset
 from peft import LoraConfig
+from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
+from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.results import Pairs, Trained
+from speechalign.tasks.stage import stage
+from speechalign.tasks.training_progress import TrainingProgress
 from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from speechalign.config import Config
 from speechalign.host_lock import HostTrainingLock, device_name
-from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
-from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.training_progress import TrainingProgress
-from speechalign.tasks.results import Pairs, Trained
-from speechalign.tasks.stage import stage
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "grad_norm")
@@ -103,7 +103,8 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
         modules_to_save=embedding_module_names(lm.model) if train_embeddings else None,
     )
     args = DPOConfig(
-        output_dir=str(layout.trainer_output(rnd.number)), num_train_epochs=t.epochs, per_device_train_batch_size=t.batch_size,
+        output_dir=str(layout.trainer_output(rnd.number)), num_train_epochs=t.epochs,
+        per_device_train_batch_size=t.batch_size,
         gradient_accumulation_steps=t.gradient_accumulation_steps, learning_rate=t.learning_rate, beta=t.beta,
         loss_type=t.loss_type, loss_weights=t.loss_weights or None, max_length=t.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, len(dataset) // t.batch_size),

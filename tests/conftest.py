@@ -28,12 +28,19 @@ os.environ.update({
     "SPEECHALIGN_LOCK_DIR": str(_SESSION_HOME / "locks"),
 })
 
+# pytest-xdist's workers share the cores: each takes its share of threads (torch, onnxruntime, CTranslate2 and the
+# subprocesses it starts), so two workers on two cores do not each run two threads and wait on each other
+_WORKERS = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+if _WORKERS > 1:
+    _THREADS = str(max(1, (os.cpu_count() or 1) // _WORKERS))
+    os.environ.update({"OMP_NUM_THREADS": _THREADS, "MKL_NUM_THREADS": _THREADS})
+
 POSTGRES_URL = os.environ.get("SPEECHALIGN_TEST_POSTGRES_URL")
 TINY_MODEL = [  # a one-layer Llama: learns little, but every code path is the real one
     "model.layers=1", "model.hidden_size=64", "model.heads=2", "model.sft_epochs=2", "model.sft_batch_size=8",
     "generate.k=2", "generate.batch_size=32", "generate.max_new_tokens=120", "train.batch_size=8",
     "train.lora_r=4", "train.lora_alpha=8", "train.learning_rate=0.001", "evaluate.mode=sampled",
-    "evaluate.samples_per_prompt=2",
+    "evaluate.samples_per_prompt=2", "evaluate.probe_prompts=3",
     "corpus.heldout_fraction=0.2", "codec.acoustic_steps=30",
 ]
 
@@ -64,10 +71,11 @@ def espeak_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def codec():
-    from speechalign.config import Config
     from speechalign.models.codec import load_codec
 
-    return load_codec(*Config().codec_files())
+    from speechalign.config import Config
+
+    return load_codec(*Config().codec.files())
 
 
 def _postgres_database() -> str:
@@ -122,6 +130,7 @@ def bootstrap_template(tmp_path_factory, espeak_corpus):
     """One `speechalign bootstrap` of the tiny model per test process: corpus imported, golden tokens,
     acoustic stage and base model. Tests get a copy of it (`bootstrapped`), never the template itself."""
     from speechalign.flows.bootstrap import bootstrap
+
     from speechalign.preflight import prepare
 
     tmp_path = tmp_path_factory.mktemp("template")
@@ -134,11 +143,10 @@ def bootstrap_template(tmp_path_factory, espeak_corpus):
 
 def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):
     """A bootstrapped work directory of one's own: the template's files, and its store's rows on `store_url`."""
-    from sqlalchemy import insert, select, text
-
     from speechalign.preference_store import migrate
     from speechalign.preference_store.schema import Base
     from speechalign.preference_store.store import PreferenceStore, open_store
+    from sqlalchemy import insert, select, text
 
     shutil.copytree(template.workdir, workdir)
     cfg = tiny_config(workdir, store_url, Path(template.corpus.manifest), "prefect.task_retries=0", *extra)

@@ -3,9 +3,9 @@
 import json
 
 import pytest
+from speechalign.preference_store.store import open_store
 
 from speechalign.cli import main
-from speechalign.preference_store.store import open_store
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -31,7 +31,8 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
         assert campaign.base_model_path == store.campaign(gvs["campaign"]).base_model_path
         [_, first] = store.rounds(campaign.id)
         assert {p.criterion for p in store.pairs(first.id)} == {criterion}
-        assert row["heldout/unit_edit_distance"] == store.stages(first.id)["evaluate"].result["metrics"]["unit_edit_distance"]
+        stored = store.stages(first.id)["evaluate"].result["metrics"]
+        assert row["heldout/unit_edit_distance"] == stored["unit_edit_distance"]
         assert 0 < row["pair_yield"] <= 1
     # the single-metric criterion pairs candidates: the chosen one has the higher DNSMOS OVRL every time
     campaign = store.campaign(single["campaign"])

@@ -2,8 +2,9 @@
 
 import json
 
-from speechalign.cli import main
 from speechalign.preference_store import migrate
+
+from speechalign.cli import main
 
 
 def test_db_upgrade(tmp_path, capsys):

@@ -2,9 +2,6 @@
 
 import pytest
 import torch
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
-
 from speechalign.models.codec_lm import (
     CodecLM,
     build_demo_model,
@@ -16,6 +13,8 @@ from speechalign.models.codec_lm import (
     speaker_token,
 )
 from speechalign.models.sampling import Sampling, generate_units
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 
 def test_demo_tokenizer_keeps_units_speakers_and_lowercases_text():

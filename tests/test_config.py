@@ -12,11 +12,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_the_shipped_config_file_is_the_config_model_rendered():
     shipped = (REPO / "speechalign.toml").read_text()
-    assert shipped == render_toml(Config()), "speechalign.toml is stale: `speechalign config --defaults > speechalign.toml`"
+    assert shipped == render_toml(Config()), "stale: `speechalign config --defaults > speechalign.toml`"
     assert Config.model_validate(tomllib.loads(shipped)) == Config()
     for section, values in Config().to_dict().items():
         for key in values:  # every knob is described, and the description is in the file above it
-            description = getattr(Config.model_fields[section].annotation.model_fields[key], "description")
+            description = Config.model_fields[section].annotation.model_fields[key].description
             assert description, f"{section}.{key} has no description"
             assert description.split()[0] in shipped
 

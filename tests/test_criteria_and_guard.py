@@ -1,12 +1,12 @@
 """Pair criteria (unanimous, single:<metric>), the collapse guard's signals and held-out regressions."""
 
 import pytest
-
-from speechalign.config import Config, ConfigError, load_config
-from speechalign.preference_store.schema import Sample
 from speechalign.models.metrics import heldout_directions
+from speechalign.preference_store.schema import Sample
 from speechalign.tasks.criteria import candidate_diversity, criterion_function, single, unanimous
 from speechalign.tasks.guard import collapse_signals, regressions
+
+from speechalign.config import Config, ConfigError, load_config
 
 pytestmark = pytest.mark.pure  # make test-fast
 
@@ -98,7 +98,8 @@ def test_collapse_needs_saturated_accuracy_inflated_margins_and_a_falling_chosen
     [reason] = collapse_signals(cfg.guard, lr4e4_round3, lr4e4_round2)
     assert "chosen log-probability -78.7 < -73.7 the round before" in reason
     assert collapse_signals(cfg.guard, lr4e4_round3, {"logps/chosen": -80.0}) == []
-    assert collapse_signals(cfg.guard, HEALTHY, {"logps/chosen": -70.0}) == []  # falling, but neither saturated nor inflated
+    # falling, but neither saturated nor inflated
+    assert collapse_signals(cfg.guard, HEALTHY, {"logps/chosen": -70.0}) == []
     cfg.guard.margin_limit = 3.0
     assert collapse_signals(cfg.guard, COLLAPSED) == []
 
@@ -108,9 +109,10 @@ def test_a_held_out_metric_worse_than_its_tolerance_is_a_regression():
     before = {"unit_edit_distance": 0.660, "dnsmos_ovrl": 2.50, "length_ratio": 0.8, "golden_nll": 2.00}
     after = {"unit_edit_distance": 0.704, "dnsmos_ovrl": 2.45, "length_ratio": 0.5, "golden_nll": 2.09}
     directions = heldout_directions(cfg.score)
-    reasons = regressions(cfg.guard, directions, after, before, "round 2")
+    reasons = regressions(cfg.guard, directions, after, before, {}, "round 2")  # no intervals: the means decide
     assert len(reasons) == 2  # UED +0.044 > 0.02 and NLL +0.09 > 0.05; OVRL -0.05 within 0.1; length ratio has no side
-    assert reasons[0].startswith("held-out unit_edit_distance 0.7040 vs 0.6600 (round 2)")
-    assert regressions(cfg.guard, directions, before, after, "x") == []  # better is never a regression
+    assert reasons[0].startswith("held-out unit_edit_distance 0.7040 vs 0.6600 (round 2): worse by 0.0440")
+    assert regressions(cfg.guard, directions, before, after, {}, "x") == []  # better is never a regression
     cfg.guard.tolerances = {}  # unlisted metrics: 5% of the reference value
-    assert len(regressions(cfg.guard, directions, after, before, "round 2")) == 1  # UED +6.7% > 5%; NLL +4.5% within
+    # UED +6.7% > 5%; NLL +4.5% within
+    assert len(regressions(cfg.guard, directions, after, before, {}, "round 2")) == 1

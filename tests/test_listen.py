@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
+from speechalign.preference_store import judgments
+from speechalign.preference_store.schema import Judgment, ListeningItem, Pair
+from speechalign.preference_store.store import open_store
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.demo_corpus import speak
+from speechalign.tasks.pairs import build_pairs
+from speechalign.tasks.results import Scores
 
 from speechalign.cli import main
 from speechalign.listen.figures import listening_figures, wilson
 from speechalign.listen.items import build_items
-from speechalign.preference_store import judgments
-from speechalign.preference_store.schema import Judgment, ListeningItem, Pair
 from speechalign.report import campaign_report, format_table
-from speechalign.tasks.demo_corpus import speak
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.pairs import build_pairs
-from speechalign.tasks.results import Scores
-from speechalign.preference_store.store import open_store
 from tests.conftest import database_url
 from tests.servers import free_port, running_server
 
@@ -52,7 +52,8 @@ class Campaign:
         self.store.add_prompts([{"utterance_id": f"{split}-{i}", "text": text, "speaker": "en-us+m3",
                                  "golden_audio_path": "/corpus/x.wav", "golden_tokens": [[1, 2, 3]], "num_frames": 3,
                                  "duration_s": 1.0, "split": split}
-                                for split, texts in (("heldout", HELDOUT), ("train", TRAIN)) for i, text in enumerate(texts)])
+                                for split, texts in (("heldout", HELDOUT), ("train", TRAIN))
+                                for i, text in enumerate(texts)])
         self.prompts = {p.text: p for p in self.store.prompts()}
         self.text = {p.id: p.text for p in self.prompts.values()}
         self.campaign = self.store.create_campaign("demo", self.cfg.to_dict(), "/base")

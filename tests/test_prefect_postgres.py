@@ -19,8 +19,8 @@ def prefect_server_on_postgres(tmp_path):
     env = {**os.environ, "PREFECT_API_DATABASE_CONNECTION_URL": asyncpg_url, "PREFECT_HOME": str(tmp_path / "ph"),
            "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
     url = f"http://127.0.0.1:{port}/api"
-    with running_server([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-                        url + "/health", tmp_path / "prefect-server.log", env=env, seconds=240):
+    command = [sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port)]
+    with running_server(command, url + "/health", tmp_path / "prefect-server.log", env=env, seconds=240):
         yield url, database
 
 

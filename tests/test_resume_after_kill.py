@@ -9,17 +9,17 @@ import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
-
 from speechalign.flows.round import alignment_round, baseline
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Score
-from speechalign.faults import FAULT_ENV
 from speechalign.preference_store.store import open_store
+
+from speechalign.faults import FAULT_ENV
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
-FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end", "evaluate:end",
-          "register:mid", "register:end", "promote:end"]
+FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end",
+          "evaluate:end", "register:mid", "register:end", "promote:end"]
 
 
 @pytest.fixture
@@ -30,6 +30,7 @@ def bootstrapped(bootstrapped):
 
     bootstrapped.score.metrics = ["unit_edit_distance", "length_ratio", "dnsmos"]
     bootstrapped.score.heldout_metrics = []
+    bootstrapped.guard.gate_metrics = ["unit_edit_distance"]  # no ASR, no WER to gate on
     bootstrapped.score.candidates = "all"  # every sample decoded and scored: the decode and score stages have work
     save_config(bootstrapped)
     return bootstrapped

@@ -7,13 +7,13 @@ import pytest
 import soundfile as sf
 import torch
 from mlflow.tracking import MlflowClient
-
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.round import alignment_round
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.preference_store.schema import Pair, Sample, Score
-from speechalign.report import campaign_report
 from speechalign.preference_store.store import open_store
+
+from speechalign.report import campaign_report
 
 
 def prefect_artifact(key: str) -> str:
@@ -53,22 +53,28 @@ def test_one_round_campaign(bootstrapped):
     assert c["golden"] == 19 and c["candidate"] == 19 * 2 and c["heldout"] == 5 * 2
     assert c["pairs"] == sum(1 for p in store.pairs(first.id))
     assert 0 < c["pairs"] <= 19 * 2
-    # held-out samples (rounds 0 and 1): UED, length ratio, log-likelihood, DNSMOS x3, speaker similarity, and
-    # ASR's CER and WER = 9 values; golden and candidates under golden_vs_synthetic: the 3 token values only
-    heldout = counts(store, base.id)["heldout"] + 10
-    assert store.count(Score) == 9 * heldout + 3 * (19 + 38)
+    # round 0: 5 held-out prompts x 2 samples, 3 probe prompts x 2, and the ceiling: 5 recordings, 5 golden
+    kinds = [s.kind for s in store.samples(base.id)]
+    assert {k: kinds.count(k) for k in set(kinds)} == {"heldout": 10, "probe": 6, "recording": 5, "golden": 5}
+    # evaluated samples: UED, length ratio, log-likelihood, DNSMOS x3, speaker similarity, and ASR's CER and WER =
+    # 9 values; round 1's golden and candidates under golden_vs_synthetic: the 3 token values only
+    assert store.count(Score) == 9 * (26 + 10 + 6) + 3 * (19 + 38)
     assert all(p.criterion == "golden_vs_synthetic" and p.source == "auto" for p in store.pairs(first.id))
+    prompts = {p.id: p for p in store.prompts()}
     for sample in store.samples(first.id) + store.samples(base.id):
-        if sample.kind != "heldout":  # nothing listens to them: no WAV
+        if sample.round_id == first.id and sample.kind in ("golden", "candidate"):  # nothing listens to them
             assert sample.audio_path is None
-            continue
-        info = sf.info(sample.audio_path)  # every held-out sample decoded to a 16 kHz WAV
-        assert Path(sample.audio_path).is_relative_to(cfg.workdir) and info.samplerate == 16000
-        assert info.frames == len(sample.tokens) * 320
+        elif sample.kind == "recording":  # the ceiling: the recording itself
+            assert sample.audio_path == prompts[sample.prompt_id].golden_audio_path
+        else:  # every evaluated sample decoded to a 16 kHz WAV
+            info = sf.info(sample.audio_path)
+            assert Path(sample.audio_path).is_relative_to(cfg.workdir) and info.samplerate == 16000
+            assert info.frames == len(sample.tokens) * 320
 
     client = MlflowClient(cfg.tracking_uri)
     [version] = client.search_model_versions(f"name='{cfg.registered_model}'")
-    assert (str(version.version), version.tags["speechalign.round"], version.tags["parent_version"]) == ("1", "1", "base")
+    assert (str(version.version), version.tags["speechalign.round"], version.tags["parent_version"]) == \
+        ("1", "1", "base")
     assert version.tags["speechalign.campaign"] == cfg.campaign.name and version.run_id == first.mlflow_run_id
     run = client.get_run(first.mlflow_run_id)
     assert run.data.tags["mlflow.parentRunId"] == campaign.mlflow_parent_run_id
@@ -79,7 +85,8 @@ def test_one_round_campaign(bootstrapped):
     parent = client.get_run(campaign.mlflow_parent_run_id)
     assert parent.info.status == "FINISHED"  # at rest between rounds, not left RUNNING
     assert [m.step for m in client.get_metric_history(parent.info.run_id, "heldout/unit_edit_distance")] == [0, 1]
-    assert {"heldout/unit_edit_distance", "heldout/golden_nll", "dpo/rewards/accuracies", "dpo/logps/chosen"} <= run.data.metrics.keys()
+    logged = {"heldout/unit_edit_distance", "heldout/golden_nll", "dpo/rewards/accuracies", "dpo/logps/chosen"}
+    assert logged <= run.data.metrics.keys()
     assert 0 < run.data.metrics["heldout/golden_nll"] < 20
     assert run.data.params["train.loss_type"] == str(cfg.train.loss_type)
     assert [a.path for a in client.list_artifacts(first.mlflow_run_id, "adapter")]
@@ -91,32 +98,44 @@ def test_one_round_campaign(bootstrapped):
     assert result.version == "1" and store.checkpoint(first.id).mlflow_version == "1"
 
     # the guard and the gate decided, with reasons, in the store and on the run; the alias follows the gate.
-    # Their decisions by hand: a held-out value worse than round 0's by more than its tolerance (the listed
-    # ones, else 5% of round 0's value) is a regression; collapse needs accuracy >= 0.95, margin >= 1 and a
-    # chosen reward below 0 (round 0 trained nothing to compare its log-probability with).
-    now, before = (store.stages(r.id)["evaluate"].result["metrics"] for r in (first, base))
+    # Their decisions by hand: a held-out value regresses when the stored 95% interval of its change against
+    # round 0 lies beyond its tolerance on the worse side (the listed tolerances, else 5% of round 0's value;
+    # the gap values have no interval: their change decides); collapse needs accuracy >= 0.95, margin >= 1 and
+    # a chosen reward below 0. The gate also refuses a worse mean WER or UED than round 0's (the champion).
+    evaluated = store.stages(first.id)["evaluate"].result
+    now, before = evaluated["metrics"], store.stages(base.id)["evaluate"].result["metrics"]
     higher = {"unit_edit_distance": False, "policy_loglik": True, "dnsmos_sig": True, "dnsmos_bak": True,
               "dnsmos_ovrl": True, "speaker_similarity": True, "asr_cer": False, "asr_wer": False,
-              "golden_nll": False, "finished_rate": True}  # length_ratio has no better side
+              "golden_nll": False, "finished_rate": True, "unit_kl": False, "bigram_kl": False}  # length_ratio: no side
     tolerances = {"unit_edit_distance": 0.02, "golden_nll": 0.05, "policy_loglik": 0.05, "dnsmos_ovrl": 0.1,
                   "dnsmos_sig": 0.1, "dnsmos_bak": 0.1, "speaker_similarity": 0.02, "asr_cer": 0.05, "asr_wer": 0.05,
                   "finished_rate": 0.05}
-    regressed = [m for m, up in higher.items()
-                 if ((before[m] - now[m]) if up else (now[m] - before[m])) > tolerances.get(m, 0.05 * abs(before[m]))]
+
+    def regressed(metric: str, up: bool) -> bool:
+        _, low, high = evaluated["changes"]["vs_previous"].get(metric, [now[metric] - before[metric]] * 3)
+        tolerance = tolerances.get(metric, 0.05 * abs(before[metric]))
+        return high < -tolerance if up else low > tolerance
+
+    regressions = [m for m, up in higher.items() if regressed(m, up)]
+    worse = [m for m in ("asr_wer", "unit_edit_distance") if now[m] > before[m]]
     final = store.stages(first.id)["train"].result["final"]
     collapsed = final["rewards/accuracies"] >= 0.95 and final["rewards/margins"] >= 1.0 and final["rewards/chosen"] < 0
     decisions = store.decisions(first.id)
-    assert decisions["guard"].verdict == ("flagged" if regressed or collapsed else "ok")
+    assert decisions["guard"].verdict == ("flagged" if regressions or collapsed else "ok")
     assert "dpo" in decisions["guard"].details
     gate = decisions["promotion"]
-    assert gate.verdict == ("refused" if regressed else "promoted") and len(gate.reasons) == len(regressed)
+    assert gate.verdict == ("refused" if regressions or worse else "promoted")
+    assert len(gate.reasons) == len(regressions) + len(worse)
     assert run.data.tags["speechalign.promotion"] == gate.verdict and "speechalign.guard.reasons" in run.data.tags
     aliases = client.get_registered_model(cfg.registered_model).aliases
     assert aliases == ({"champion": 1} if gate.verdict == "promoted" else {})
     assert store.checkpoint(first.id).promoted == (gate.verdict == "promoted")
     assert 0 < run.data.metrics["pairs/pair_yield"] <= 1 and "pairs/candidate_diversity" in run.data.metrics
-    assert {"heldout/dnsmos_ovrl", "heldout/speaker_similarity", "heldout/asr_cer", "heldout/policy_loglik"} <= \
-        run.data.metrics.keys()
+    assert {"heldout/dnsmos_ovrl", "heldout/speaker_similarity", "heldout/asr_cer", "heldout/policy_loglik",
+            "heldout/unit_kl", "probe/asr_wer", "change/heldout/asr_wer/vs_base", "change/heldout/asr_wer/vs_base_low",
+            "change/heldout/asr_wer/vs_previous_high"} <= run.data.metrics.keys()
+    assert [a.path for a in client.list_artifacts(first.mlflow_run_id, "distribution_gap/round-1")] == \
+        ["distribution_gap/round-1/distribution_gap.png"]
 
     policy, base_lm = load_codec_lm(first.policy_out), load_codec_lm(campaign.base_model_path)
     enc = policy.tokenizer([policy.prompt("Bring the red box.", "en-us+m3")], return_tensors="pt",
@@ -132,6 +151,11 @@ def test_one_round_campaign(bootstrapped):
 
     report = campaign_report(cfg)
     assert [r["round"] for r in report["rounds"]] == [0, 1]
+    low, high = report["rounds"][1]["ci"]["heldout/asr_wer"]["vs_base"]
+    assert low <= report["rounds"][1]["change"]["heldout/asr_wer"]["vs_base"] <= high
+    assert report["rounds"][1]["ci"]["heldout/asr_wer"]["vs_previous"] == [low, high]  # round 1's previous is 0
+    assert report["ceiling"]["heldout/unit_edit_distance"] == 0.0  # the recordings' own golden tokens
+    assert report["golden_tokens"]["heldout/length_ratio"] == 1.0 and 0 <= report["ceiling"]["heldout/asr_wer"]
     assert report["rounds"][1]["mlflow_version"] == "1" and report["rounds"][1]["pairs/pairs"] == c["pairs"]
     assert report["rounds"][1]["heldout/unit_edit_distance"] == pytest.approx(
         run.data.metrics["heldout/unit_edit_distance"])
@@ -158,16 +182,18 @@ def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
     assert store.round(failed.id).status == "completed"
     assert (stages["generate"].attempts, stages["decode"].attempts, stages["train"].attempts) == (1, 1, 2)
     after = counts(store, failed.id)
-    assert {k: after[k] for k in ("golden", "candidate", "pairs")} == {k: before[k] for k in ("golden", "candidate", "pairs")}
+    kept = ("golden", "candidate", "pairs")
+    assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
     assert store.count(Sample, round_id=failed.id, kind="candidate") == 19 * 2
     client = MlflowClient(cfg.tracking_uri)
     assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
 
 
 def test_a_second_trigger_while_a_round_runs_is_refused(bootstrapped, capsys):
-    from speechalign.cli import main
     from speechalign.flows.common import ensure_campaign
     from speechalign.preference_store.round_lock import CampaignRoundLock, RoundBusy
+
+    from speechalign.cli import main
 
     cfg = bootstrapped
     store = open_store(cfg.store_url)
@@ -181,9 +207,10 @@ def test_a_second_trigger_while_a_round_runs_is_refused(bootstrapped, capsys):
 
 
 def test_a_campaign_the_guard_stopped_refuses_new_rounds(bootstrapped, capsys):
-    from speechalign.cli import main
     from speechalign.flows.common import ensure_campaign
     from speechalign.flows.round import CampaignStopped
+
+    from speechalign.cli import main
 
     cfg = bootstrapped
     store = open_store(cfg.store_url)

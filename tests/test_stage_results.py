@@ -2,8 +2,6 @@
 the promotion gate deciding from their arguments alone (no store, no MLflow)."""
 
 import pytest
-
-from speechalign.config import Config
 from speechalign.tasks.guard import guard_verdict, promotion_verdict
 from speechalign.tasks.results import (
     RESULT_TYPES,
@@ -22,12 +20,18 @@ from speechalign.tasks.results import (
     load,
 )
 
+from speechalign.config import Config
+from speechalign.intervals import changes
+
 pytestmark = pytest.mark.pure  # make test-fast
 
 AUDIO = Audio(sample_ids=(3, 4), decoded=2, skipped=0, failed={"5": "unit 2000 is outside the codebook"},
               audio_seconds=4.2, seconds=1.0, real_time_factor=0.24)
 HELDOUT = Heldout(policy="/w/round-001/policy", prompts=2, samples=4, mode="sampled",
                   metrics={"unit_edit_distance": 0.5, "dnsmos_ovrl": 2.4, "golden_nll": 0.9, "finished_rate": 1.0},
+                  per_prompt={"unit_edit_distance": {1: 0.4, 2: 0.6}, "dnsmos_ovrl": {1: 2.3, 2: 2.5},
+                              "golden_nll": {1: 0.8, 2: 1.0}, "finished_rate": {1: 1.0, 2: 1.0}},
+                  changes={"vs_base": {"unit_edit_distance": [-0.1, -0.2, 0.0]}}, probe={"unit_edit_distance": 0.3},
                   decode=AUDIO, score_failures=1)
 TRAINED = Trained(policy="/w/round-001/policy", adapter="/w/round-001/adapter", pairs=8, steps=1, precision="fp32",
                   runtime_s=3.5, reference="previous",
@@ -65,26 +69,31 @@ def test_figures_are_named_by_their_stage_and_field():
     assert figures(pairs) == {"pairs/pairs": 2.0, "pairs/human_pairs": 0.0, "pairs/pair_yield": 1.0,
                               "pairs/candidate_diversity": 0.4}
     assert figures(HELDOUT)["heldout/dnsmos_ovrl"] == 2.4 and figures(TRAINED)["dpo/rewards/accuracies"] == 0.75
+    assert figures(HELDOUT)["probe/unit_edit_distance"] == 0.3
     assert figures(EVERY_STAGE[6]) == {"guard/flagged": 1.0}
     record = RoundRecord(1, {"pairs": pairs, "evaluate": HELDOUT})
     assert record.figures()["pairs/pair_yield"] == 1.0 and record.heldout is HELDOUT and record.trained is None
 
 
 def with_metrics(**metrics) -> Heldout:
-    return Heldout(policy="/p", prompts=2, samples=4, mode="sampled", metrics={**HELDOUT.metrics, **metrics})
+    """HELDOUT with some metrics moved by the same amount on every prompt (an interval of zero width)."""
+    per_prompt = {m: {p: v + metrics.get(m, HELDOUT.metrics[m]) - HELDOUT.metrics[m] for p, v in values.items()}
+                  for m, values in HELDOUT.per_prompt.items()}
+    return Heldout(policy="/p", prompts=2, samples=4, mode="sampled", metrics={**HELDOUT.metrics, **metrics},
+                   per_prompt=per_prompt, changes={"vs_previous": changes(per_prompt, HELDOUT.per_prompt)})
 
 
 def test_the_guard_decides_from_its_arguments():
     cfg = Config()
     previous = RoundRecord(1, {"train": TRAINED, "evaluate": HELDOUT})
-    assert guard_verdict(cfg, TRAINED, HELDOUT, previous) == Verdict(flagged=False, action="warn")
+    assert guard_verdict(cfg, TRAINED, with_metrics(), previous) == Verdict(flagged=False, action="warn")
     worse = guard_verdict(cfg, TRAINED, with_metrics(unit_edit_distance=0.55), previous)  # +0.05 > 0.02
     assert worse.flagged and not worse.collapse
-    assert worse.reasons == ("held-out unit_edit_distance 0.5500 vs 0.5000 (round 1): worse by 0.0500, "
-                             "tolerance 0.0200",)
+    assert worse.reasons == ("held-out unit_edit_distance 0.5500 vs 0.5000 (round 1): worse by 0.0500, 95% CI of the "
+                             "change +0.0500 to +0.0500, beyond the tolerance 0.0200",)
     saturated = Trained(**{**TRAINED.__dict__, "final": {"rewards/accuracies": 0.99, "rewards/margins": 2.0,
                                                          "rewards/chosen": 0.05, "logps/chosen": -75.0}})
-    collapsed = guard_verdict(cfg, saturated, HELDOUT, previous)  # chosen log-probability -75 < -70 before
+    collapsed = guard_verdict(cfg, saturated, with_metrics(), previous)  # chosen log-probability -75 < -70 before
     assert collapsed.flagged and collapsed.collapse and "chosen log-probability -75.0 < -70.0" in collapsed.reasons[0]
 
 

@@ -4,7 +4,6 @@ write is exactly-once."""
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-
 from speechalign.preference_store import migrate
 from speechalign.preference_store.schema import Base, Pair, Sample, Score
 

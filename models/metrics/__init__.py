@@ -66,7 +66,8 @@ def needs_audio(names: list[str]) -> bool:
     return any(registry[name].needs_audio for name in names)
 
 
-HELDOUT_EXTRAS = {"golden_nll": False, "finished_rate": True}  # held-out figures evaluate adds to the plug-ins'
+# held-out figures evaluate adds to the plug-ins' values (tasks/evaluate.py, tasks/distribution_gap.py)
+HELDOUT_EXTRAS = {"golden_nll": False, "finished_rate": True, "unit_kl": False, "bigram_kl": False}
 
 
 def heldout_directions(score) -> dict[str, bool]:

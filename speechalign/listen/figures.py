@@ -78,7 +78,8 @@ def criterion_agreement(judged: list[JudgedItem]) -> dict:
     on_pairs = [j for j in judged if j.auto_pair]
     decided = [j for j in on_pairs if j.outcome != "tie"]
     agree = sum(j.outcome == "subject" for j in decided)
-    return {"judgments": len(decided), "agree": agree, "ties": len(on_pairs) - len(decided), **rate(agree, len(decided))}
+    return {"judgments": len(decided), "agree": agree, "ties": len(on_pairs) - len(decided),
+            **rate(agree, len(decided))}
 
 
 def listening_figures(judged: list[JudgedItem]) -> dict:
