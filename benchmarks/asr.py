@@ -18,6 +18,7 @@ import time
 
 import torch
 from faster_whisper import WhisperModel
+
 from speechalign.models.metrics.asr import CTranslate2Whisper, error_rates, shipped_whisper
 from speechalign.tasks.demo_corpus import demo_sentences, speak
 

@@ -13,11 +13,11 @@ import argparse
 import time
 
 import torch
+
+from speechalign.config import Config
 from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.tasks.demo_corpus import demo_sentences
-
-from speechalign.config import Config
 
 
 def demo_size_model() -> CodecLM:

@@ -17,10 +17,9 @@ import time
 
 started_process = time.monotonic()
 
+from speechalign.config import load_config  # noqa: E402
 from speechalign.flows.round import alignment_round  # noqa: E402
 from speechalign.preference_store.store import open_store  # noqa: E402
-
-from speechalign.config import load_config  # noqa: E402
 
 COMPUTE = ("generate", "decode", "score", "train", "evaluate")
 

@@ -25,12 +25,12 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+
+from speechalign.audio import resample
 from speechalign.models.metrics import ScoreItem
 from speechalign.models.metrics.dnsmos import Dnsmos, repeat_pad, window_starts
 from speechalign.models.metrics.speaker import SpeakerSimilarity
 from speechalign.tasks.demo_corpus import demo_sentences, speak
-
-from speechalign.audio import resample
 
 GOLDEN_VOICE, GOLDEN_RATE = "en-us+m3", 22050
 CANDIDATES = [("en-us+m3", 165), ("en-us+m3", 190), ("en-us+m1", 175), ("en-gb+m3", 180),

@@ -1,35 +1,69 @@
-"""An ablation: the same campaign under each preference criterion, from the same base model.
+"""An ablation (a sweep): the same campaign under several recipes, from the same base model.
 
-Each criterion runs as its own campaign, `<campaign.name>-<criterion>`, in the same work directory:
-same corpus, same base model, same seeds, only pairs.criterion differs. Rerunning the ablation
-finishes campaigns that did not complete and skips those that did. The table (speechalign/report.py,
-`ablation_report`) puts every held-out metric of each criterion's last round beside the base model's.
+A recipe is a name and the knobs it changes (`--set` overrides). Each recipe runs as its own campaign,
+`<campaign.name>-<recipe>`, in the same work directory: same corpus, same base model, same round 0 seeds,
+only the recipe's knobs differ. `--criteria a,b` is the recipes {a: pairs.criterion = a, b: ...}; a
+recipes file (TOML, one table per recipe) names any knobs:
+
+    [dpo-rpo]                                   # campaign <name>-dpo-rpo
+    "train.loss_type" = ["sigmoid", "sft"]
+
+    [sft-golden]                                # the control: SFT on the chosen (golden) side, same steps
+    "train.loss_type" = ["sft"]
+
+Rerunning the ablation finishes campaigns that did not complete and skips those that did. The table
+(speechalign/report.py, `ablation_report`) puts each recipe's held-out figures, and their change against
+the base model with its 95% interval, beside the base model's.
 """
 
 from __future__ import annotations
 
 import re
+import tomllib
+from pathlib import Path
 
+import tomlkit
 from prefect import flow
+
+from speechalign.config import ConfigError
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.guard import stopped_by_guard
 
 
-def campaign_name(base: str, criterion: str) -> str:
-    return f"{base}-{re.sub(r'[^a-z0-9]+', '-', criterion.lower()).strip('-')}"
+def campaign_name(base: str, recipe: str) -> str:
+    return f"{base}-{re.sub(r'[^a-z0-9]+', '-', recipe.lower()).strip('-')}"
 
 
-def criterion_overrides(base: str, criterion: str, overrides: list[str] | None) -> list[str]:
-    return [*(overrides or []), f"campaign.name={campaign_name(base, criterion)}", f"pairs.criterion={criterion}"]
+def criteria_recipes(criteria: list[str]) -> dict[str, list[str]]:
+    return {criterion: [f"pairs.criterion={criterion}"] for criterion in criteria}
 
 
-@flow(name="criterion-ablation")
-def criterion_ablation(workdir: str, criteria: list[str], rounds: int, config_file: str | None = None,
-                       overrides: list[str] | None = None) -> list[str]:
+def read_recipes(path: Path) -> dict[str, list[str]]:
+    """A recipes file: {recipe: ["section.key=value", ...]} (values written back as TOML, as --set reads them)."""
+    try:
+        tables = tomllib.loads(Path(path).read_text())
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"recipes file {path}: {exc}") from None
+    recipes = {}
+    for name, knobs in tables.items():
+        if not isinstance(knobs, dict) or not knobs:
+            raise ConfigError(f"recipes file {path}: [{name}] must be a table of knobs, e.g. \"train.beta\" = 0.2")
+        recipes[name] = [f"{key}={tomlkit.item(value).as_string()}" for key, value in knobs.items()]
+    return recipes
+
+
+def recipe_overrides(base: str, recipe: str, knobs: list[str], overrides: list[str] | None) -> list[str]:
+    return [*(overrides or []), *knobs, f"campaign.name={campaign_name(base, recipe)}"]
+
+
+@flow(name="ablation")
+def ablation(workdir: str, recipes: dict[str, list[str]], rounds: int, config_file: str | None = None,
+             overrides: list[str] | None = None) -> list[str]:
+    """Run `rounds` rounds of each recipe's campaign (those not done yet); the campaigns' names."""
     base = load_flow_config(workdir, config_file, overrides).campaign.name
-    runs = [criterion_overrides(base, criterion, overrides) for criterion in criteria]
+    runs = [recipe_overrides(base, name, knobs, overrides) for name, knobs in recipes.items()]
     configs = [load_flow_config(workdir, config_file, extra) for extra in runs]  # each checked before any round runs
     names = []
     for extra, cfg in zip(runs, configs):

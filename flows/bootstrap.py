@@ -16,6 +16,8 @@ from pathlib import Path
 
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
+
+from speechalign.config import Config, save_config
 from speechalign.flows.common import load_flow_config
 from speechalign.models.codec import load_codec
 from speechalign.models.codec_lm import is_saved_policy
@@ -24,8 +26,6 @@ from speechalign.tasks.acoustic_stage import train_acoustic_stage
 from speechalign.tasks.base_model import initial_model, supervised_finetune
 from speechalign.tasks.demo_corpus import build_demo_corpus
 from speechalign.tasks.import_corpus import import_corpus
-
-from speechalign.config import Config, save_config
 
 log = logging.getLogger(__name__)
 
@@ -59,10 +59,10 @@ def base_model(cfg: Config) -> dict:
     train = store.prompts("train")
     codec = load_codec(*cfg.codec.files())
     speakers = sorted({p.speaker for p in store.prompts() if p.speaker})
-    lm = initial_model(cfg, codec.quantizer.bins, speakers)
+    lm = initial_model(cfg, codec.quantizer.bins, speakers, [p.golden_tokens[0] for p in train])
     if cfg.model.sft_epochs > 0:
         lm.metadata["sft"] = supervised_finetune(cfg, lm, train, str(cfg.layout.sft_run))
-    lm.save(out)
+    lm.save(out, cfg.model.max_shard_size)
     return lm.metadata
 
 

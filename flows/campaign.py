@@ -7,6 +7,7 @@ the N), then goes on. A round the collapse guard flags with guard.action = "stop
 from __future__ import annotations
 
 from prefect import flow, get_run_logger
+
 from speechalign.flows.round import RoundSummary, alignment_round
 
 

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from speechalign.config import Config, load_config
 from speechalign.models.acoustic import is_saved_acoustic
 from speechalign.models.codec_lm import is_saved_policy
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import open_store
-
-from speechalign.config import Config, load_config
 
 
 class SetupError(RuntimeError):

@@ -18,23 +18,24 @@ from dataclasses import dataclass
 
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact
+
+from speechalign.config import Config
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.round_lock import CampaignRoundLock
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.preflight import prepare
+from speechalign.report import campaign_report, format_round_markdown
 from speechalign.tasks.context import RoundContext, open_round
 from speechalign.tasks.decode import decode
 from speechalign.tasks.evaluate import evaluate
 from speechalign.tasks.generate import generate
 from speechalign.tasks.guard import guard, promote, stopped_by_guard
 from speechalign.tasks.pairs import build_pairs
+from speechalign.tasks.policies import prune_policies
 from speechalign.tasks.register import register, register_baseline
 from speechalign.tasks.score import score
 from speechalign.tasks.train import train
-
-from speechalign.config import Config
-from speechalign.preflight import prepare
-from speechalign.report import campaign_report, format_round_markdown
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,7 @@ def alignment_round(workdir: str, config_file: str | None = None, overrides: lis
             raise
         ctx.store.finish_round(ctx.round.id, "completed", policy_out=trained.policy)
         publish_round(cfg, ctx.number)
+        prune_policies(cfg, store, campaign)
     return RoundSummary(round=ctx.number, heldout=heldout.metrics, version=registered.version,
                         guard="flagged" if verdict.flagged else "ok", promotion=promotion.verdict,
                         stop_campaign=verdict.flagged and cfg.guard.action == "stop")

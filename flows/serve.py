@@ -13,9 +13,9 @@ from pathlib import Path
 
 from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import EntrypointType
-from speechalign.flows.round import alignment_round
 
 from speechalign.config import Config
+from speechalign.flows.round import alignment_round
 
 
 def deployment_name(cfg: Config) -> str:

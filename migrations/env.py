@@ -1,6 +1,7 @@
 """Alembic environment: the preference store's schema comes only from the versions in this folder."""
 
 from alembic import context
+
 from speechalign.preference_store.schema import Base
 from speechalign.preference_store.store import make_engine
 

@@ -68,7 +68,7 @@ class AcousticStage(nn.Module):
         known (B, q, T); pad (B, T) is True on padding."""
         q = known.shape[1]
         x = sum(self.codes[i](known[:, i]) for i in range(q))
-        x = x + self.level.weight[q] + self.speaker(speaker)[:, None] + positions(known.shape[2], self.config.dim)
+        x = x + self.level.weight[q] + self.speaker(speaker)[:, None] + positions(known.shape[2], self.config.dim).to(x)
         x = x + self.local(x.transpose(1, 2)).transpose(1, 2)
         return self.heads[q - 1](self.norm(self.encoder(x, src_key_padding_mask=pad)))
 
@@ -118,15 +118,16 @@ def load_acoustic(path: Path) -> AcousticStage:
 
 def train_acoustic(golden: list[np.ndarray], speakers: list[str | None], config: AcousticConfig, steps: int,
                    seed: int, batch_size: int = 16, crop_frames: int = 100, lr: float = 2e-3,
-                   log=None, on_step=None) -> tuple[AcousticStage, dict]:
+                   log=None, on_step=None, device: str = "cpu") -> tuple[AcousticStage, dict]:
     """Fit the stage on golden codes (n_q, frames) with their speakers: each step picks one layer to predict
-    from the ones below it (teacher forcing), cross-entropy over the frames of random crops."""
+    from the ones below it (teacher forcing), cross-entropy over the frames of random crops. The model comes
+    back on the CPU, whichever `device` trained it."""
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    model = AcousticStage(config)
+    model = AcousticStage(config).to(device)
     optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.01)
     schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=lr, total_steps=steps, pct_start=0.1)
-    speaker_ids = model.speaker_ids(speakers)
+    speaker_ids = model.speaker_ids(speakers).to(device)
     model.train()
     started, history = time.monotonic(), []
     for step in range(1, steps + 1):
@@ -140,7 +141,8 @@ def train_acoustic(golden: list[np.ndarray], speakers: list[str | None], config:
             piece = torch.from_numpy(golden[i][:, start:start + crop_frames].astype(np.int64))
             codes[row, :, : piece.shape[1]] = piece
             pad[row, : piece.shape[1]] = False
-        logits = model(codes[:, :q], speaker_ids[torch.from_numpy(idx)], pad)
+        codes, pad = codes.to(device), pad.to(device)
+        logits = model(codes[:, :q], speaker_ids[torch.from_numpy(idx).to(device)], pad)
         loss = nn.functional.cross_entropy(logits[~pad], codes[:, q][~pad])
         optimizer.zero_grad()
         loss.backward()
@@ -153,7 +155,7 @@ def train_acoustic(golden: list[np.ndarray], speakers: list[str | None], config:
             history.append({"step": step, "layer": q + 1, "loss": float(loss.detach())})
             if log:
                 log(f"acoustic stage: step {step}/{steps}, loss {float(loss.detach()):.3f} (layer {q + 1})")
-    model.eval()
+    model.cpu().eval()
     report = {"steps": steps, "utterances": len(golden), "seconds": time.monotonic() - started,
               "parameters": sum(p.numel() for p in model.parameters()), "history": history}
     return model, report

@@ -12,9 +12,9 @@ import math
 
 import numpy as np
 import torch
-from speechalign.models.metrics import get_metric
 
 from speechalign.audio import log_mel
+from speechalign.models.metrics import get_metric
 
 SAMPLE_RATE = 16000
 HOP = 160  # 10 ms frames for the spectral distances

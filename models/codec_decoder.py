@@ -14,10 +14,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from speechalign.models.codec import DEMO_CODEC_CONFIG, encode, save_codec
 from speechtokenizer import SpeechTokenizer
 
 from speechalign.audio import log_mel
+from speechalign.models.codec import DEMO_CODEC_CONFIG, encode, save_codec
 
 STFT_WINDOWS = (256, 512, 1024, 2048)
 MEL_WEIGHT = 4.0

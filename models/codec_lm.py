@@ -1,14 +1,18 @@
 """The codec language model: a Hugging Face causal LM that reads text and speaks codec units.
 
-Sequence format (SpeechGPT style):  ``[<spk:NAME>]<text characters><sosp><u12><u7>...<u903><eosp>``
-The prompt is everything up to and including ``<sosp>``; the completion is the units and ``<eosp>``.
-A speaker token leads the prompt when the corpus names speakers and `speaker_in_prompt` is on: the
-golden tokens of a recording depend on the voice, so a model told the voice can learn them.
+How speech is written is the model's `SpeechFormat`, kept in its metadata:
+- units: `unit_token` with the code in it: the demo's `<u12>`, a SpeechGPT-style vocabulary's `<12>`;
+- `speech_start` and `speech_end` around them (`<sosp>` ... `<eosp>`);
+- the prompt: `prompt_template` with {text}, {speaker} (a `<spk:NAME>` token, or nothing) and {speech_start},
+  the demo's `{speaker}{text}{speech_start}`, SpeechGPT's `[Human]: {text}<eoh> [SpeechGPT]: {speech_start}`;
+  or "chat_template": the tokenizer's own chat template around the text, then speech_start;
+- `deduplicate`: runs of a repeated unit written once, for models trained on deduplicated units.
+The prompt is everything up to and including speech_start; the completion is the units and speech_end.
 
 Two ways in, one code path out:
-- the demo builds a character-level WordLevel tokenizer and a small GPT-2 from scratch;
-- a user's HF model directory is loaded as is, and any missing ``<sosp> <eosp> <u0>...`` tokens are
-  added to its tokenizer (and its embeddings resized) by `ensure_unit_vocabulary`.
+- the demo builds a character-level WordLevel tokenizer and a small Llama from scratch;
+- a user's HF model directory is loaded as is, and whatever speech tokens its vocabulary lacks are added
+  (`ensure_speech_vocabulary`): none when its format is configured to match.
 """
 
 from __future__ import annotations
@@ -16,7 +20,9 @@ from __future__ import annotations
 import json
 import re
 import string
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
+from functools import cached_property
+from itertools import groupby
 from pathlib import Path
 
 import torch
@@ -31,18 +37,90 @@ from transformers import (
     PreTrainedTokenizerFast,
 )
 
-SOSP, EOSP, PAD, UNK = "<sosp>", "<eosp>", "<pad>", "<unk>"
-UNIT_PATTERN = re.compile(r"<u(\d+)>")
+PAD, UNK = "<pad>", "<unk>"
 TEXT_SYMBOLS = list(string.ascii_lowercase + string.digits + " .,?!'-:;\"")
 METADATA_FILE = "speechalign.json"
+CHAT_TEMPLATE = "chat_template"
+
+
+@dataclass(frozen=True)
+class SpeechFormat:
+    unit_token: str = "<u{}>"
+    speech_start: str = "<sosp>"
+    speech_end: str = "<eosp>"
+    prompt_template: str = "{speaker}{text}{speech_start}"
+    deduplicate: bool = False
+    speaker_in_prompt: bool = True
+
+    def unit(self, code: int) -> str:
+        return self.unit_token.format(int(code))
+
+    @cached_property
+    def unit_pattern(self) -> re.Pattern:
+        before, _, after = self.unit_token.partition("{}")
+        return re.compile(re.escape(before) + r"(\d+)" + re.escape(after))
+
+    def code(self, token: str | None) -> int | None:
+        """The unit a token writes, or None."""
+        match = self.unit_pattern.fullmatch(token or "")
+        return int(match.group(1)) if match else None
+
+    def units(self, units: list[int]) -> list[int]:
+        """The units as the model reads and writes them (deduplicated when the format says so)."""
+        return [u for u, _ in groupby(units)] if self.deduplicate else list(units)
+
+    def completion(self, units: list[int]) -> str:
+        return "".join(self.unit(u) for u in self.units(units)) + self.speech_end
+
+    def prompt(self, text: str, speaker: str | None, tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+        spk = speaker_token(speaker) if speaker and self.speaker_in_prompt else ""
+        if self.prompt_template == CHAT_TEMPLATE:
+            if tokenizer is None or not getattr(tokenizer, "chat_template", None):
+                raise ValueError("model.prompt_template = \"chat_template\", but the tokenizer has no chat_template; "
+                                 "write the prompt as a format string with {text} and {speech_start} instead")
+            chat = tokenizer.apply_chat_template([{"role": "user", "content": spk + text.strip()}], tokenize=False,
+                                                 add_generation_prompt=True)
+            return chat + self.speech_start
+        return self.prompt_template.format(text=text.strip(), speaker=spk, speech_start=self.speech_start)
+
+    def speech_tokens(self, codebook_size: int, speakers: list[str] = ()) -> list[str]:
+        """Every token the format needs in a vocabulary."""
+        spk = sorted({speaker_token(s) for s in speakers}) if self.speaker_in_prompt else []
+        return [self.speech_start, self.speech_end, *spk, *(self.unit(i) for i in range(codebook_size))]
+
+
+DEMO_FORMAT = SpeechFormat()
+
+
+def speech_format(model_config) -> SpeechFormat:
+    """The format a campaign's [model] section describes."""
+    m = model_config
+    return SpeechFormat(m.unit_token, m.speech_start, m.speech_end, m.prompt_template, m.deduplicate,
+                        m.speaker_in_prompt)
+
+
+def expand_runs(units: list[int], run: float) -> list[int]:
+    """Deduplicated units back to frames, each held for the corpus's mean run length (an approximation: the
+    model did not say how long)."""
+    out: list[int] = []
+    for i, u in enumerate(units):
+        out += [u] * (round((i + 1) * run) - round(i * run))
+    return out
+
+
+def mean_run(sequences: list[list[int]]) -> float:
+    """The mean length of a run of one repeated unit in golden sequences."""
+    runs = [sum(1 for _ in group) for seq in sequences for _, group in groupby(seq)]
+    return sum(runs) / max(1, len(runs))
+SOSP, EOSP = DEMO_FORMAT.speech_start, DEMO_FORMAT.speech_end
 
 
 def unit_token(code: int) -> str:
-    return f"<u{code}>"
+    return DEMO_FORMAT.unit(code)
 
 
 def units_to_text(units: list[int]) -> str:
-    return "".join(unit_token(int(u)) for u in units)
+    return "".join(map(unit_token, units))
 
 
 def speaker_token(speaker: str) -> str:
@@ -50,30 +128,31 @@ def speaker_token(speaker: str) -> str:
 
 
 def prompt_text(text: str, speaker: str | None = None) -> str:
-    return (speaker_token(speaker) if speaker else "") + text.strip() + SOSP
+    return DEMO_FORMAT.prompt(text, speaker)
 
 
-def completion_text(units: list[int]) -> str:
-    return units_to_text(units) + EOSP
+def completion_text(units: list[int], fmt: SpeechFormat = DEMO_FORMAT) -> str:
+    return fmt.completion(units)
 
 
-def build_demo_tokenizer(codebook_size: int, speakers: list[str] = ()) -> PreTrainedTokenizerFast:
+def build_demo_tokenizer(codebook_size: int, speakers: list[str] = (),
+                         fmt: SpeechFormat = DEMO_FORMAT) -> PreTrainedTokenizerFast:
     """Lower-cased characters, speaker tokens, and one token per codec unit.
 
     The pre-tokenizer must be a `Regex`: a plain string is matched literally and every unit then
     becomes <unk> (DPO trains on identical sequences without an error; see NOTES).
     """
-    vocab_list = ([PAD, UNK, SOSP, EOSP] + TEXT_SYMBOLS + sorted({speaker_token(s) for s in speakers})
-                  + [unit_token(i) for i in range(codebook_size)])
+    speech = fmt.speech_tokens(codebook_size, speakers)
+    vocab_list = [PAD, UNK, *speech[:2], *TEXT_SYMBOLS, *speech[2:]]
     vocab = {tok: i for i, tok in enumerate(vocab_list)}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK))
     core.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     core.pre_tokenizer = pre_tokenizers.Split(Regex(r"<[^>]+>|."), behavior="isolated")
     tokenizer = PreTrainedTokenizerFast(
-        tokenizer_object=core, unk_token=UNK, pad_token=PAD, eos_token=EOSP,
+        tokenizer_object=core, unk_token=UNK, pad_token=PAD, eos_token=fmt.speech_end,
     )
-    tokenizer.add_special_tokens({"additional_special_tokens": [SOSP, EOSP]})
-    check_units_survive(tokenizer, codebook_size)
+    tokenizer.add_special_tokens({"additional_special_tokens": [fmt.speech_start, fmt.speech_end]})
+    check_units_survive(tokenizer, codebook_size, fmt)
     return tokenizer
 
 
@@ -86,35 +165,37 @@ def build_demo_model(tokenizer: PreTrainedTokenizerBase, layers: int, hidden_siz
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=max_positions, tie_word_embeddings=True, bos_token_id=None,
-        eos_token_id=tokenizer.convert_tokens_to_ids(EOSP), pad_token_id=tokenizer.pad_token_id,
+        eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
     return LlamaForCausalLM(config)
 
 
-def check_units_survive(tokenizer: PreTrainedTokenizerBase, codebook_size: int) -> None:
+def check_units_survive(tokenizer: PreTrainedTokenizerBase, codebook_size: int,
+                        fmt: SpeechFormat = DEMO_FORMAT) -> None:
     """Fail loudly if codec units do not tokenize to themselves (the silent <unk> trap in NOTES)."""
     probe = [0, codebook_size // 2, codebook_size - 1]
-    ids = tokenizer("ab" + SOSP + units_to_text(probe) + EOSP, add_special_tokens=False)["input_ids"]
-    expected = [tokenizer.convert_tokens_to_ids(t) for t in [SOSP, *map(unit_token, probe), EOSP]]
+    text = "ab" + fmt.speech_start + "".join(fmt.unit(u) for u in probe) + fmt.speech_end
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    expected = [tokenizer.convert_tokens_to_ids(t) for t in [fmt.speech_start, *map(fmt.unit, probe), fmt.speech_end]]
     if ids[-len(expected):] != expected or tokenizer.unk_token_id in expected:
         raise ValueError(
-            f"the tokenizer does not keep codec units as single tokens (got ids {ids}); "
-            "its vocabulary needs <sosp>, <eosp> and <u0>..<uN> as added tokens"
-        )
+            f"the tokenizer does not keep codec units as single tokens (got ids {ids}); its vocabulary needs "
+            f"{fmt.speech_start}, {fmt.speech_end} and {fmt.unit(0)}..{fmt.unit(codebook_size - 1)} as tokens "
+            "([model] unit_token, speech_start and speech_end say how your model writes them)")
 
 
 def ensure_speech_vocabulary(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, codebook_size: int,
-                             speakers: list[str] = ()) -> int:
-    """Add any missing speech tokens to a user's tokenizer and resize the model; return how many were added."""
+                             speakers: list[str] = (), fmt: SpeechFormat = DEMO_FORMAT) -> int:
+    """Add the speech tokens a user's tokenizer lacks and resize the model; return how many were added (0 when
+    the format matches the vocabulary: the model's own trained embeddings are used)."""
     vocab = tokenizer.get_vocab()
-    wanted = [SOSP, EOSP, *sorted({speaker_token(s) for s in speakers}), *map(unit_token, range(codebook_size))]
-    missing = [t for t in wanted if t not in vocab]
+    missing = [t for t in fmt.speech_tokens(codebook_size, speakers) if t not in vocab]
     if missing:
         tokenizer.add_tokens(missing, special_tokens=False)
         model.resize_token_embeddings(len(tokenizer))
     if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token or EOSP
-    check_units_survive(tokenizer, codebook_size)
+        tokenizer.pad_token = tokenizer.eos_token or fmt.speech_end
+    check_units_survive(tokenizer, codebook_size, fmt)
     return len(missing)
 
 
@@ -130,19 +211,24 @@ class CodecLM:
     def codebook_size(self) -> int:
         return int(self.metadata["codebook_size"])
 
-    def prompt(self, text: str, speaker: str | None) -> str:
-        return prompt_text(text, speaker if self.metadata.get("speaker_in_prompt") else None)
+    @cached_property
+    def format(self) -> SpeechFormat:
+        """How this model writes speech (policies saved before formats existed: the demo's)."""
+        saved = self.metadata.get("format") or {"speaker_in_prompt": bool(self.metadata.get("speaker_in_prompt"))}
+        return SpeechFormat(**saved)
 
-    @property
-    def sosp_id(self) -> int:
-        return self.tokenizer.convert_tokens_to_ids(SOSP)
+    def prompt(self, text: str, speaker: str | None) -> str:
+        return self.format.prompt(text, speaker, self.tokenizer)
+
+    def completion(self, units: list[int]) -> str:
+        return self.format.completion(units)
 
     @property
     def eosp_id(self) -> int:
-        return self.tokenizer.convert_tokens_to_ids(EOSP)
+        return self.tokenizer.convert_tokens_to_ids(self.format.speech_end)
 
     def unit_ids(self) -> list[int]:
-        return self.tokenizer.convert_tokens_to_ids([unit_token(i) for i in range(self.codebook_size)])
+        return self.tokenizer.convert_tokens_to_ids([self.format.unit(i) for i in range(self.codebook_size)])
 
     def non_speech_ids(self) -> list[int]:
         """Every id generation must never produce after <sosp>: all but the units and the stop tokens."""
@@ -159,20 +245,21 @@ class CodecLM:
         """Units from generated ids, up to the first stop token; also whether a stop token ended it."""
         stops = set(self.stop_ids())
         units = []
-        for tok in self.tokenizer.convert_ids_to_tokens(ids):
-            if self.tokenizer.convert_tokens_to_ids(tok) in stops:
+        for i, tok in zip(ids, self.tokenizer.convert_ids_to_tokens(ids)):
+            if i in stops:
                 return units, True
-            match = UNIT_PATTERN.fullmatch(tok or "")
-            if match:
-                units.append(int(match.group(1)))
+            code = self.format.code(tok)
+            if code is not None:
+                units.append(code)
         return units, False
 
-    def save(self, path: Path) -> None:
-        """Write the model, tokenizer and metadata; a directory that has the metadata file is complete."""
+    def save(self, path: Path, max_shard_size: str = "5GB") -> None:
+        """Write the model (in shards of at most `max_shard_size`), tokenizer and metadata; a directory that has
+        the metadata file is complete."""
         path.mkdir(parents=True, exist_ok=True)
-        self.model.save_pretrained(path)
+        self.model.save_pretrained(path, max_shard_size=max_shard_size)
         self.tokenizer.save_pretrained(path)
-        (path / METADATA_FILE).write_text(json.dumps(self.metadata, indent=2))
+        (path / METADATA_FILE).write_text(json.dumps({**self.metadata, "format": asdict(self.format)}, indent=2))
 
 
 def is_saved_policy(path: Path) -> bool:
@@ -186,33 +273,54 @@ def best_device() -> tuple[str, torch.dtype]:
     return "cpu", torch.float32
 
 
-def load_codec_lm(path: Path, for_training: bool = False) -> CodecLM:
+def load_codec_lm(path: Path, for_training: bool = False, **load) -> CodecLM:
     """Load a policy saved by `CodecLM.save` (the base model, or a round's merged policy).
 
-    For inference it goes to the best device (`best_device`); for training it stays in fp32 on the
-    CPU and the trainer places it (mixed precision keeps fp32 master weights).
+    For inference it goes to the best device (`best_device`); for training it is loaded as `load` says
+    (`load_options`: dtype, quantization; by default fp32) and the trainer places it.
     """
     path = Path(path)
     if not is_saved_policy(path):
         raise FileNotFoundError(f"{path} is not a speechalign policy directory (no {METADATA_FILE}); "
                                 "run `speechalign bootstrap` to make the base model")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    device, dtype = ("cpu", torch.float32) if for_training else best_device()
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
-    metadata = json.loads((path / METADATA_FILE).read_text())
-    check_units_survive(tokenizer, int(metadata["codebook_size"]))
-    return CodecLM(model=model, tokenizer=tokenizer, metadata=metadata)
+    if for_training:
+        model = AutoModelForCausalLM.from_pretrained(path, **{"dtype": torch.float32, **load})
+    else:
+        device, dtype = best_device()
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+    lm = CodecLM(model=model, tokenizer=tokenizer, metadata=json.loads((path / METADATA_FILE).read_text()))
+    check_units_survive(tokenizer, lm.codebook_size, lm.format)
+    return lm
 
 
-def load_user_model(path: Path, codebook_size: int, speakers: list[str], speaker_in_prompt: bool) -> CodecLM:
-    """A user's own HF causal-LM directory, with the speech vocabulary added where it lacks it."""
+def load_options(model_config) -> dict:
+    """from_pretrained's dtype and quantization for a campaign's [model] dtype and quantization."""
+    m = model_config
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(m.dtype)
+    if dtype is None:  # auto
+        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
+    options: dict = {"dtype": dtype}
+    if m.quantization != "none":
+        from transformers import BitsAndBytesConfig  # noqa: PLC0415
+
+        options["quantization_config"] = BitsAndBytesConfig(
+            load_in_8bit=m.quantization == "8bit", load_in_4bit=m.quantization == "4bit",
+            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
+        options["device_map"] = {"": 0}
+    return options
+
+
+def load_user_model(path: Path, codebook_size: int, speakers: list[str], fmt: SpeechFormat, **load) -> CodecLM:
+    """A user's own HF causal-LM directory, with the speech vocabulary added where it lacks it. `load`: what
+    from_pretrained takes on a large model (dtype, quantization_config)."""
     path = Path(path)
     if not (path / "config.json").is_file():
         raise FileNotFoundError(
             f"{path} is not a Hugging Face model directory (no config.json); point [model] base_model at a "
             "directory saved with save_pretrained, or leave it empty for the demo model")
     tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path)
-    added = ensure_speech_vocabulary(model, tokenizer, codebook_size, speakers if speaker_in_prompt else [])
-    return CodecLM(model, tokenizer, {"codebook_size": codebook_size, "speaker_in_prompt": speaker_in_prompt,
-                                      "added_tokens": added, "source": str(path.resolve())})
+    model = AutoModelForCausalLM.from_pretrained(path, **load)
+    added = ensure_speech_vocabulary(model, tokenizer, codebook_size, speakers if fmt.speaker_in_prompt else [], fmt)
+    return CodecLM(model, tokenizer, {"codebook_size": codebook_size, "speaker_in_prompt": fmt.speaker_in_prompt,
+                                      "added_tokens": added, "source": str(path.resolve()), "format": asdict(fmt)})

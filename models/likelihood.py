@@ -8,7 +8,8 @@ shows up here first (SpeechAlign's "golden preferred" premise, measured on held-
 from __future__ import annotations
 
 import torch
-from speechalign.models.codec_lm import CodecLM, completion_text
+
+from speechalign.models.codec_lm import CodecLM
 
 
 def golden_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int = 32) -> float:
@@ -39,7 +40,7 @@ def _completion_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size:
         rows, targets = [], []
         for prompt, units in items[start:start + batch_size]:
             p = tok(prompt, add_special_tokens=False)["input_ids"]
-            c = tok(completion_text(units), add_special_tokens=False)["input_ids"]
+            c = tok(lm.completion(units), add_special_tokens=False)["input_ids"]
             rows.append(p + c)
             targets.append([-100] * len(p) + c)
         width = max(map(len, rows))

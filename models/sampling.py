@@ -9,8 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from speechalign.models.codec_lm import CodecLM
 from transformers import GenerationConfig
+
+from speechalign.models.codec_lm import CodecLM
 
 
 @dataclass

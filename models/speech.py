@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import numpy as np
 import torch
-from speechalign.models.acoustic import AcousticStage
 from speechtokenizer import SpeechTokenizer
+
+from speechalign.models.acoustic import AcousticStage
 
 
 class Synthesizer:

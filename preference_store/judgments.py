@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from speechalign.preference_store.schema import Judgment, ListeningItem, Prompt, Rater, Round, Sample, utcnow
-from speechalign.preference_store.store import PreferenceStore, insert_ignore
 from sqlalchemy import func, select
 from sqlalchemy.orm import aliased
+
+from speechalign.preference_store.schema import Judgment, ListeningItem, Prompt, Rater, Round, Sample, utcnow
+from speechalign.preference_store.store import PreferenceStore, insert_ignore
 
 CHOICES = ("A", "B", "tie")
 

@@ -15,9 +15,10 @@ import threading
 import uuid
 from datetime import datetime
 
+from sqlalchemy import delete, select, update
+
 from speechalign.preference_store.schema import RoundLock, utcnow
 from speechalign.preference_store.store import PreferenceStore, insert_ignore
-from sqlalchemy import delete, select, update
 
 
 class RoundBusy(RuntimeError):

@@ -11,6 +11,11 @@ from contextlib import contextmanager
 from datetime import datetime
 from functools import lru_cache
 
+from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.engine import Engine
+from sqlalchemy.orm import Session, sessionmaker
+
 from speechalign.preference_store.schema import (
     Campaign,
     Checkpoint,
@@ -24,10 +29,6 @@ from speechalign.preference_store.schema import (
     Score,
     utcnow,
 )
-from sqlalchemy import create_engine, event, func, select, update
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.engine import Engine
-from sqlalchemy.orm import Session, sessionmaker
 
 BATCH = 500
 

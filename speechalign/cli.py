@@ -6,7 +6,8 @@
     speechalign campaign --workdir W --rounds N
     speechalign report --workdir W [--json | --markdown]
     speechalign listen --workdir W [--port P] [--add-rater NAME]   the A/B listening page for raters
-    speechalign ablate --workdir W --criteria golden_vs_synthetic,unanimous,single:dnsmos_ovrl --rounds N
+    speechalign ablate --workdir W (--criteria golden_vs_synthetic,unanimous | --recipes FILE.toml) --rounds N
+    speechalign policy --workdir W --round N --out DIR    a round's merged policy again (base + adapters)
     speechalign db upgrade [--db URL]
     speechalign config [--workdir W] [--defaults]   print the effective config (every knob, described)
     speechalign train-codec --manifest M --out DIR [--from DIR --decoder-steps N]
@@ -70,12 +71,19 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
     p.add_argument("--add-rater", metavar="NAME", help="register a rater, print their token once, and exit")
     p.add_argument("--items", type=int, default=20, help="items per comparison and round (a seeded subset; default 20)")
-    p = sub.add_parser("ablate", help="the same campaign under each pair criterion; a table of held-out metrics")
+    p = sub.add_parser("ablate", help="the same campaign under each pair criterion or recipe; a table of held-out "
+                                      "metrics and their changes against the base model")
     _common(p)
-    p.add_argument("--criteria", required=True,
-                   help="comma-separated: golden_vs_synthetic, unanimous, single:<metric> (e.g. single:dnsmos_ovrl)")
-    p.add_argument("--rounds", type=int, required=True, help="rounds per criterion")
+    which = p.add_mutually_exclusive_group(required=True)
+    which.add_argument("--criteria", help="comma-separated: golden_vs_synthetic, unanimous, single:<metric> (e.g. "
+                                          "single:dnsmos_ovrl)")
+    which.add_argument("--recipes", help="a TOML file, one table of knobs per recipe (see flows/ablation.py)")
+    p.add_argument("--rounds", type=int, required=True, help="rounds per recipe")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p = sub.add_parser("policy", help="write a round's merged policy again, from the base model and the adapters")
+    _common(p)
+    p.add_argument("--round", type=int, required=True)
+    p.add_argument("--out", required=True, help="directory to write the policy to")
     p = sub.add_parser("db", help="preference store schema")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="run Alembic migrations to head")
@@ -235,25 +243,27 @@ def cmd_campaign(args) -> int:
 
 
 def cmd_ablate(args) -> int:
-    _require_workdir(args)
-    criteria = [c.strip() for c in args.criteria.split(",") if c.strip()]
-    if not criteria:
-        from speechalign.config import ConfigError
+    from speechalign.config import ConfigError
+    from speechalign.flows.ablation import ablation, criteria_recipes, read_recipes
 
-        raise ConfigError("--criteria is empty; name at least one, e.g. --criteria golden_vs_synthetic,unanimous")
+    _require_workdir(args)
+    if args.criteria is not None:
+        recipes = criteria_recipes([c.strip() for c in args.criteria.split(",") if c.strip()])
+    else:
+        recipes = read_recipes(args.recipes)
+    if not recipes:
+        raise ConfigError("no recipes: name at least one, e.g. --criteria golden_vs_synthetic,unanimous")
     cfg = _config(args)
     _prepare(cfg)
     from pathlib import Path
 
-    from speechalign.flows.ablation import criterion_ablation
     from speechalign.report import ablation_report, format_ablation
 
-    names = criterion_ablation(criteria=criteria, rounds=args.rounds, **_flow_args(cfg, args))
-    report = ablation_report(cfg, names)
-    text = format_ablation(report)
+    names = ablation(recipes=recipes, rounds=args.rounds, **_flow_args(cfg, args))
+    report = ablation_report(cfg, dict(zip(recipes, names)))
     out = Path(cfg.workdir) / f"ablation-{cfg.campaign.name}.json"
     out.write_text(json.dumps(report, indent=2, default=str))
-    print(json.dumps(report, indent=2, default=str) if args.json else f"{text}\n\n(also in {out})")
+    print(json.dumps(report, indent=2, default=str) if args.json else f"{format_ablation(report)}\n\n(also in {out})")
     return 0
 
 
@@ -297,6 +307,25 @@ def cmd_listen(args) -> int:
         print("warning: tokens and audio travel unencrypted over plain HTTP; serve it behind HTTPS", flush=True)
     uvicorn.run(create_app(store, campaign, cfg.workdir), host=args.host, port=args.port, access_log=False,
                 log_level="warning")
+    return 0
+
+
+def cmd_policy(args) -> int:
+    from pathlib import Path
+
+    from speechalign.flows.common import ensure_campaign
+    from speechalign.preference_store.store import open_store
+    from speechalign.tasks.policies import rebuild_policy
+
+    _require_workdir(args)
+    cfg = _config(args)
+    _prepare(cfg, mlflow_too=False)
+    try:
+        out = rebuild_policy(cfg, open_store(cfg.store_url), ensure_campaign(cfg), args.round, Path(args.out))
+    except ValueError as exc:
+        print(f"speechalign: error: {exc}", file=sys.stderr)
+        return 2
+    print(f"round {args.round}'s policy: {out}")
     return 0
 
 
@@ -395,10 +424,8 @@ def _print_report(cfg, form: str = "text") -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
-            "serve": cmd_serve,
-            "report": cmd_report, "listen": cmd_listen,
-            "ablate": cmd_ablate, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
-            "codec-report": cmd_codec_report}
+            "serve": cmd_serve, "report": cmd_report, "listen": cmd_listen, "ablate": cmd_ablate, "policy": cmd_policy,
+            "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec, "codec-report": cmd_codec_report}
 
 if __name__ == "__main__":
     sys.exit(main())

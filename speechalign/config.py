@@ -85,7 +85,7 @@ class MlflowConfig(Section):
 class CorpusConfig(Section):
     manifest: str = Field("", description='JSONL rows {"id", "text", "audio", "speaker"?}, audio relative to the '
                                           "manifest; empty: the demo corpus")
-    heldout_fraction: float = Field(0.12, ge=0, lt=1, description="held out from pairs and training, used only for "
+    heldout_fraction: float = Field(0.125, ge=0, lt=1, description="held out from pairs and training, used only for "
                                                                   "evaluation")
     min_seconds: float = Field(0.3, ge=0, description="shorter recordings are skipped (and recorded as such)")
     max_seconds: float = Field(20.0, gt=0, description="longer recordings are skipped (and recorded as such)")
@@ -93,7 +93,7 @@ class CorpusConfig(Section):
 
 
 class DemoConfig(Section):
-    utterances: int = Field(400, ge=1, description="sentences espeak-ng speaks for the demo corpus")
+    utterances: int = Field(800, ge=1, description="sentences espeak-ng speaks for the demo corpus")
     voices: list[str] = Field(["en-us+m3", "en-gb+f3"], description="espeak-ng voices, taken in turn")
     speed: int = Field(175, description="espeak-ng words per minute")
     seed: int = Field(0, description="seed of the demo corpus's sentences")
@@ -109,6 +109,8 @@ class CodecConfig(Section):
                              "layer 1 alone")
     acoustic_steps: int = Field(1000, ge=1, description="training steps of the acoustic stage at bootstrap (on the "
                                                         "train split's golden tokens)")
+    acoustic_dim: int = Field(128, ge=8, description="acoustic stage: width of its Transformer")
+    acoustic_layers: int = Field(3, ge=1, description="acoustic stage: Transformer layers")
     decode_batch_size: int = Field(16, ge=1, description="sequences per decoding call")
 
     def files(self) -> tuple[Path, Path]:
@@ -122,13 +124,33 @@ class CodecConfig(Section):
 class ModelConfig(Section):
     base_model: str = Field("", description="your Hugging Face causal-LM directory; empty: a small Llama built by "
                                             "bootstrap (the knobs below)")
+    # how the model writes speech (models/codec_lm.py): set these to your model's own format and bootstrap adds
+    # no token; the demo model is built with them
+    unit_token: str = Field("<u{}>", description="a codec unit as a token, {} the code: \"<u{}>\" (the demo), "
+                                                 "\"<{}>\" (SpeechGPT)")
+    speech_start: str = Field("<sosp>", description="the token that starts speech (the prompt ends with it)")
+    speech_end: str = Field("<eosp>", description="the token that ends speech")
+    prompt_template: str = Field("{speaker}{text}{speech_start}",
+                                 description="the prompt: {text}, {speaker} (a <spk:NAME> token, or nothing) and "
+                                             "{speech_start}, e.g. \"[Human]: {text}<eoh> [SpeechGPT]: "
+                                             "{speech_start}\"; or \"chat_template\": the tokenizer's own chat "
+                                             "template around the text, then speech_start")
+    deduplicate: bool = Field(False, description="the model reads and writes each run of a repeated unit once "
+                                                 "(models trained on deduplicated units); decoding repeats each unit "
+                                                 "for the corpus's mean run length")
     speaker_in_prompt: bool = Field(True, description="prefix prompts with <spk:NAME> when the corpus names speakers")
+    # loading a large model
+    dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
+        "auto", description="weights' dtype when loaded: auto: bf16 on a GPU that supports it, else fp32")
+    quantization: Literal["none", "8bit", "4bit"] = Field(
+        "none", description="train a LoRA adapter on 8-bit or 4-bit weights (QLoRA; bitsandbytes, on a GPU)")
+    max_shard_size: str = Field("5GB", description="saved policies are cut into safetensors shards of this size")
     layers: int = Field(3, ge=1, description="demo model: decoder layers")
     hidden_size: int = Field(192, ge=8, description="demo model: hidden size")
     heads: int = Field(6, ge=1, description="demo model: attention heads")
     max_positions: int = Field(512, ge=16, description="demo model: longest prompt + completion, in tokens")
     seed: int = Field(0, description="seed of the demo model's initial weights and of bootstrap's training")
-    sft_epochs: float = Field(8.0, ge=0, description="supervised fine-tuning on golden tokens at bootstrap; 0: take "
+    sft_epochs: float = Field(4.0, ge=0, description="supervised fine-tuning on golden tokens at bootstrap; 0: take "
                                                      "base_model as it is")
     sft_learning_rate: float = Field(2e-3, gt=0, description="learning rate of that fine-tuning")
     sft_batch_size: int = Field(16, ge=1, description="batch size of that fine-tuning")
@@ -136,7 +158,7 @@ class ModelConfig(Section):
 
 class GenerateConfig(Section):
     k: int = Field(4, ge=1, description="candidates per prompt")
-    prompts_per_round: int = Field(160, ge=0, description="0: every train prompt; else a seeded subset, new each round")
+    prompts_per_round: int = Field(128, ge=0, description="0: every train prompt; else a seeded subset, new each round")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
     top_p: float = Field(1.0, gt=0, le=1, description="1.0: no nucleus cut")
@@ -166,11 +188,16 @@ class ScoreConfig(Section):
 
 class PairsConfig(Section):
     criterion: str = Field("golden_vs_synthetic", description="golden_vs_synthetic (SpeechAlign) | unanimous "
-                                                              "(GenSR-Pref) | single:<metric>")
+                                                              "(GenSR-Pref) | pareto (NeMo-style fronts) | "
+                                                              "single:<metric>")
     metrics: list[str] = Field(["dnsmos_ovrl", "speaker_similarity", "unit_edit_distance"],
-                               description="unanimous: the chosen sample wins on every one")
+                               description="unanimous: the chosen sample wins on every one; pareto: the fronts' "
+                                           "values")
     margins: dict[str, float] = Field({}, description="by how much a metric must be won, e.g. {dnsmos_ovrl = 0.05} "
                                                       "(default 0: strictly)")
+    chosen_limits: dict[str, float] = Field({}, description="pareto: bounds the chosen sample must meet, e.g. "
+                                                            "{asr_wer = 0.5} (at most) or {speaker_similarity = 0.8} "
+                                                            "(at least, for a higher-is-better value)")
     include_golden: bool = Field(False, description="unanimous / single: the golden sample competes as one more "
                                                     "candidate")
     max_pairs_per_prompt: int = Field(0, ge=0, description="0: no cap")
@@ -227,6 +254,8 @@ class TrainConfig(Section):
     seed: int = Field(0, description="training seed")
     processes: int = Field(1, ge=1, description="> 1: data-parallel DPO in that many processes (accelerate launch; one "
                                                 "per GPU)")
+    gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: much less "
+                                                            "memory for a large model, about a third more time")
 
 
 class EvaluateConfig(Section):
@@ -234,7 +263,7 @@ class EvaluateConfig(Section):
                                                                       "generate section's sampling), with fixed "
                                                                       "seeds; greedy: argmax decoding")
     samples_per_prompt: int = Field(2, ge=1, description="sampled mode: samples per held-out prompt")
-    probe_prompts: int = Field(32, ge=0, description="train probe: this many train prompts (a fixed seeded set) "
+    probe_prompts: int = Field(16, ge=0, description="train probe: this many train prompts (a fixed seeded set) "
                                                      "are evaluated like the held-out ones; 0: none")
     seed: int = Field(4321, description="seed of the evaluation samples (the same every round)")
 
@@ -244,6 +273,10 @@ class CampaignConfig(Section):
     rounds: int = Field(3, ge=0, description="rounds `speechalign demo` runs")
     lock_stale_seconds: float = Field(300.0, gt=0, description="one round of a campaign at a time; a lock without "
                                                                "heartbeat this long is taken over")
+    keep_policies: Literal["last_and_champion", "all"] = Field(
+        "last_and_champion", description="after each round, the merged policies of other rounds are deleted (a 7B "
+                                         "policy is 14 GB); adapters stay, and `speechalign policy --round N` merges "
+                                         "one again")
 
 
 class PrefectConfig(Section):

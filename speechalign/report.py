@@ -110,13 +110,14 @@ def change_cells(report: dict, against: str) -> list[list[str]]:
     for row in report["rounds"]:
         if row["round"] == 0 or not row.get("ci"):
             continue
-        line = [str(row["round"])]
-        for _, metric in CHANGED:
-            key = f"heldout/{metric}"
-            change, ci = row["change"].get(key, {}).get(against), row["ci"].get(key, {}).get(against)
-            line.append("-" if change is None else f"{change:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]")
-        cells.append(line)
+        cells.append([str(row["round"])] + [change_cell(row, metric, against) for _, metric in CHANGED])
     return cells
+
+
+def change_cell(row: dict, metric: str, against: str) -> str:
+    key = f"heldout/{metric}"
+    change, ci = row["change"].get(key, {}).get(against), row["ci"].get(key, {}).get(against)
+    return "-" if change is None else f"{change:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
 
 
 CHANGE_TITLES = {"vs_base": "change against round 0 (the base model)", "vs_previous": "change against the round before"}
@@ -209,25 +210,28 @@ def aligned(cells: list[list[str]]) -> list[str]:
     return lines
 
 
-def ablation_report(cfg: Config, campaigns: list[str]) -> dict:
-    """Per campaign of an ablation: its criterion, its last completed round's held-out figures, its pairs,
-    pair yield and guard/promotion decisions; plus the base model's row (round 0)."""
+def ablation_report(cfg: Config, campaigns: dict[str, str]) -> dict:
+    """Per recipe of an ablation ({recipe: campaign}): its campaign's last completed round's held-out figures
+    and their change against the base model with the 95% interval, its pairs, pair yield and guard and
+    promotion decisions; plus the base model's row (round 0)."""
     store = open_store(cfg.store_url)
     rows, base = [], None
-    for name in campaigns:
+    for recipe, name in campaigns.items():
         campaign = store.campaign(name)
         if campaign is None:
-            rows.append({"campaign": name, "criterion": None, "rounds": 0})
+            rows.append({"recipe": recipe, "campaign": name, "criterion": None, "rounds": 0})
             continue
         done = [(r, round_record(store, r)) for r in store.rounds(campaign.id) if r.status == "completed"]
         if base is None and done and done[0][0].number == 0:
-            base = {"campaign": "base model (round 0)", "criterion": "-", "rounds": 0, **heldout(done[0][1])}
+            base = {"recipe": "base model", "campaign": "round 0", "criterion": "-", "rounds": 0,
+                    **heldout(done[0][1])}
         rounds = [(r, record) for r, record in done if r.number > 0]
         pairs = [record.figures() for _, record in rounds]
         decisions = [store.decisions(r.id) for r, _ in rounds]
+        last = rounds[-1][1].heldout if rounds else None
         rows.append({
-            "campaign": name, "criterion": campaign.config.get("pairs", {}).get("criterion"), "rounds": len(rounds),
-            **(heldout(rounds[-1][1]) if rounds else {}),
+            "recipe": recipe, "campaign": name, "criterion": campaign.config.get("pairs", {}).get("criterion"),
+            "rounds": len(rounds), **(heldout(rounds[-1][1]) if rounds else {}), **changes_of(last),
             "pairs": sum(int(p.get("pairs/pairs", 0)) for p in pairs),
             "pair_yield": statistics.fmean(p["pairs/pair_yield"] for p in pairs) if pairs else None,
             "guard_flags": sum(d.get("guard") is not None and d["guard"].verdict == "flagged" for d in decisions),
@@ -242,16 +246,24 @@ def heldout(record) -> dict[str, float]:
 
 
 def format_ablation(report: dict) -> str:
-    """GenSR-Pref's Table 3 layout: one row per criterion (and the base model), a column per held-out metric."""
+    """GenSR-Pref's Table 3 layout: one row per recipe (and the base model), a column per held-out metric of
+    its last round; then each recipe's change against the base model, with its 95% interval."""
     arrows = {True: " ^", False: " v"}
-    headers = ["criterion", "rounds"] + [m.removeprefix("heldout/") + arrows.get(
+    headers = ["recipe", "rounds"] + [m.removeprefix("heldout/") + arrows.get(
         report["directions"].get(m.removeprefix("heldout/")), "") for m in report["metrics"]]
     headers += ["pairs", "yield", "flags", "promoted"]
     cells = [headers]
     for r in report["rows"]:
-        cells.append([str(r.get("criterion") or r["campaign"]), str(r["rounds"])]
+        cells.append([str(r.get("recipe") or r["campaign"]), str(r["rounds"])]
                      + [f"{r[m]:.4f}" if r.get(m) is not None else "-" for m in report["metrics"]]
                      + [str(r.get("pairs", "-")), f"{r['pair_yield']:.3f}" if r.get("pair_yield") is not None else "-",
                         str(r.get("guard_flags", "-")), str(r.get("promoted", "-"))])
-    return "\n".join(["held-out metrics of each criterion's last round (^ higher is better, v lower is better)",
-                      *aligned(cells)])
+    changed = [["recipe"] + [h for h, _ in CHANGED]]
+    for r in report["rows"]:
+        if r.get("ci"):
+            changed.append([str(r["recipe"])] + [change_cell(r, metric, "vs_base") for _, metric in CHANGED])
+    lines = ["held-out metrics of each recipe's last round (^ higher is better, v lower is better)", *aligned(cells)]
+    if len(changed) > 1:
+        lines += ["", "change against the base model, mean over held-out prompts [paired bootstrap 95% CI]",
+                  *aligned(changed)]
+    return "\n".join(lines)

@@ -21,12 +21,12 @@ from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
+
+from speechalign.config import Config
 from speechalign.models.acoustic import CONFIG_NAME, AcousticConfig, is_saved_acoustic, layer_accuracy, train_acoustic
 from speechalign.models.codec import load_codec
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.progress import Progress
-
-from speechalign.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +45,7 @@ def train_acoustic_stage(cfg: Config) -> dict:
     if golden and golden[0].shape[0] < codec.n_q:
         raise RuntimeError(f"the store's golden tokens have {golden[0].shape[0]} RVQ layers, the codec {codec.n_q}: "
                            "bootstrap a new work directory with this codec")
-    config = AcousticConfig(n_q=codec.n_q, codebook_size=codec.quantizer.bins,
-                            speakers=sorted({p.speaker for p in train if p.speaker}))
+    config = stage_config(cfg, train, codec)
     fingerprint = recipe_fingerprint(cfg, config, train)
     if shipped_fingerprint() == fingerprint:
         log.info("bootstrap: the shipped acoustic stage (%s) was trained on this recipe; using it", SHIPPED)
@@ -62,6 +61,13 @@ def train_acoustic_stage(cfg: Config) -> dict:
         report["heldout_layer_accuracy"] = [round(a, 4) for a in accuracy]
     model.save(out, report)
     return {k: v for k, v in report.items() if k != "history"}
+
+
+def stage_config(cfg: Config, train: list, codec=None) -> AcousticConfig:
+    """The stage's shape: the codec's layers and codebook, the train split's speakers, [codec] acoustic_dim/layers."""
+    codec = codec or load_codec(*cfg.codec.files())
+    return AcousticConfig(n_q=codec.n_q, codebook_size=codec.quantizer.bins, dim=cfg.codec.acoustic_dim,
+                          layers=cfg.codec.acoustic_layers, speakers=sorted({p.speaker for p in train if p.speaker}))
 
 
 SHIPPED = Path(str(files("speechalign.models") / "demo_codec" / "acoustic"))

@@ -9,34 +9,46 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import asdict
 
 import torch
 from datasets import Dataset
-from speechalign.models.codec_lm import (
-    CodecLM,
-    build_demo_model,
-    build_demo_tokenizer,
-    completion_text,
-    load_user_model,
-)
-from speechalign.preference_store.schema import Prompt
-from speechalign.tasks.training_progress import TrainingProgress
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
 from speechalign.config import Config
+from speechalign.models.codec_lm import (
+    CodecLM,
+    build_demo_model,
+    build_demo_tokenizer,
+    load_options,
+    load_user_model,
+    mean_run,
+    speech_format,
+)
+from speechalign.preference_store.schema import Prompt
+from speechalign.tasks.training_progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
 
-def initial_model(cfg: Config, codebook_size: int, speakers: list[str]) -> CodecLM:
-    m = cfg.model
+def initial_model(cfg: Config, codebook_size: int, speakers: list[str],
+                  golden: list[list[int]]) -> CodecLM:
+    """The user's model with the speech tokens it lacks, or the demo's built from scratch; its metadata also
+    holds the golden units' mean run length, which decoding a deduplicating model's units needs."""
+    m, fmt = cfg.model, speech_format(cfg.model)
     if m.base_model:
-        return load_user_model(m.base_model, codebook_size, speakers, m.speaker_in_prompt)
-    tokenizer = build_demo_tokenizer(codebook_size, speakers if m.speaker_in_prompt else [])
-    model = build_demo_model(tokenizer, m.layers, m.hidden_size, m.heads, m.max_positions, m.seed)
-    return CodecLM(model, tokenizer, {"codebook_size": codebook_size, "speaker_in_prompt": m.speaker_in_prompt,
-                                      "added_tokens": 0, "source": "demo"})
+        lm = load_user_model(m.base_model, codebook_size, speakers, fmt, **load_options(cfg.model))
+        log.info("bootstrap: %s: %d speech tokens added to its vocabulary (%s)", m.base_model,
+                 lm.metadata["added_tokens"], "none: its format matches" if not lm.metadata["added_tokens"]
+                 else "new embeddings: they train with the model")
+    else:
+        tokenizer = build_demo_tokenizer(codebook_size, speakers if m.speaker_in_prompt else [], fmt)
+        model = build_demo_model(tokenizer, m.layers, m.hidden_size, m.heads, m.max_positions, m.seed)
+        lm = CodecLM(model, tokenizer, {"codebook_size": codebook_size, "speaker_in_prompt": m.speaker_in_prompt,
+                                        "added_tokens": 0, "source": "demo", "format": asdict(fmt)})
+    lm.metadata["mean_unit_run"] = mean_run(golden)
+    return lm
 
 
 def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir: str) -> dict:
@@ -44,7 +56,7 @@ def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     m = cfg.model
     data = Dataset.from_list([{"prompt": lm.prompt(p.text, p.speaker),
-                               "completion": completion_text(p.golden_tokens[0])} for p in prompts])
+                               "completion": lm.completion(p.golden_tokens[0])} for p in prompts])
     args = SFTConfig(
         output_dir=out_dir, num_train_epochs=m.sft_epochs, per_device_train_batch_size=m.sft_batch_size,
         learning_rate=m.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10,

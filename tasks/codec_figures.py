@@ -17,14 +17,14 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 import torch
+
+from speechalign.audio import resample
+from speechalign.config import Config
 from speechalign.models import audio_quality as aq
 from speechalign.models.acoustic import is_saved_acoustic, load_acoustic
 from speechalign.models.codec import load_codec
 from speechalign.models.speech import Synthesizer
 from speechalign.preference_store.store import open_store
-
-from speechalign.audio import resample
-from speechalign.config import Config
 
 CONDITIONS = ("codec, 8 layers", "layer 1 + acoustic stage", "layer 1 only", "white noise")
 

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+
 from speechalign.models.codec import (
     CHECKPOINT_NAME,
     CONFIG_NAME,

@@ -9,12 +9,11 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from speechalign.config import Config
+from speechalign.layout import Layout
 from speechalign.preference_store.schema import Campaign, Round
 from speechalign.preference_store.store import PreferenceStore, open_store
 from speechalign.tasks.results import RESULT_TYPES, RoundRecord, load
-
-from speechalign.config import Config
-from speechalign.layout import Layout
 
 
 @dataclass(frozen=True)

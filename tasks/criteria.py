@@ -7,6 +7,11 @@
   pairs.metrics, each by more than its margin (pairs.margins, default 0). No fixed winner, so the
   policy is never pushed toward one target whatever it costs on the other metrics.
 - single:<metric>: the same with one metric, for ablations.
+- pareto (NeMo-Aligner's way of ranking by several rewards): a prompt's candidates (and golden, with
+  pairs.include_golden) are sorted into Pareto fronts over pairs.metrics; the chosen side is a sample of the
+  first front that meets every bound of pairs.chosen_limits (e.g. {asr_wer = 0.5}: understandable enough to
+  be worth preferring), the rejected side each sample of the last front. A prompt whose first front meets no
+  bound, or that has one front only, gives no pair.
 
 A criterion is a plain function of samples and their scores; the pairs stage (tasks/pairs.py) stores what
 it selects.
@@ -21,6 +26,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from rapidfuzz.distance import Levenshtein
+
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Sample
 
@@ -88,6 +94,47 @@ def single(metric: str):
     return criterion
 
 
+def pareto_fronts(pool: list[Sample], values: dict[int, dict[str, float]],
+                  directions: dict[str, bool]) -> list[list[Sample]]:
+    """Non-dominated sorting: front 0 is dominated by no sample, front 1 only by front 0's, and so on."""
+    def better_or_equal(a, b):
+        return all((values[a.id][m] >= values[b.id][m]) if up else (values[a.id][m] <= values[b.id][m])
+                   for m, up in directions.items())
+
+    def dominates(a, b):
+        return better_or_equal(a, b) and values[a.id] != values[b.id]
+
+    left, fronts = list(pool), []
+    while left:
+        front = [a for a in left if not any(dominates(b, a) for b in left if b is not a)]
+        fronts.append(front)
+        left = [a for a in left if a not in front]
+    return fronts
+
+
+def pareto(samples: list[Sample], scores: ScoreTable, cfg: Config) -> Selection:
+    directions = {m: d for m, d in value_directions(cfg.score.metrics).items() if m in cfg.pairs.metrics}
+    limits = cfg.pairs.chosen_limits
+    sel = Selection([], 0)
+    for kinds in by_prompt(samples).values():
+        pool = kinds["candidate"] + (kinds["golden"] if cfg.pairs.include_golden else [])
+        scored = [s for s in pool if all(scores.get(s.id, {}).get(m) is not None for m in directions)]
+        sel.skipped_unscored += len(pool) - len(scored)
+        sel.considered += len(scored) * (len(scored) - 1) // 2
+        values = {s.id: {m: scores[s.id][m] for m in directions} for s in scored}
+        fronts = pareto_fronts(scored, values, directions)
+        if len(fronts) < 2:
+            continue
+        chosen = [s for s in fronts[0] if all(
+            (values[s.id][m] <= bound) if not directions[m] else (values[s.id][m] >= bound)
+            for m, bound in limits.items() if m in values[s.id])]
+        kept = [(c, r) for c in chosen for r in fronts[-1] if c.tokens != r.tokens]
+        if cfg.pairs.max_pairs_per_prompt:
+            kept = kept[: cfg.pairs.max_pairs_per_prompt]
+        sel.pairs += [(c, r, margins(scores[c.id], scores[r.id])) for c, r in kept]
+    return sel
+
+
 def by_prompt(samples: list[Sample]) -> dict[int, dict[str, list[Sample]]]:
     grouped: dict[int, dict[str, list[Sample]]] = defaultdict(lambda: defaultdict(list))
     for s in samples:
@@ -101,7 +148,7 @@ def margins(chosen: dict[str, float | None], rejected: dict[str, float | None]) 
             if chosen.get(m) is not None and rejected.get(m) is not None}
 
 
-CRITERIA = ("golden_vs_synthetic", "unanimous", "single:<metric>")
+CRITERIA = ("golden_vs_synthetic", "unanimous", "pareto", "single:<metric>")
 
 
 def criterion_function(cfg: Config):
@@ -110,6 +157,8 @@ def criterion_function(cfg: Config):
         return golden_vs_synthetic
     if name == "unanimous":
         return unanimous
+    if name == "pareto":
+        return pareto
     if name.startswith("single:"):
         return single(name.removeprefix("single:"))
     raise ValueError(f"pairs.criterion = {name!r}; it can be {', '.join(CRITERIA)}")
@@ -122,9 +171,13 @@ def check_criterion(cfg: Config) -> None:
     heldout_only = value_directions(cfg.score.heldout_metrics)
     if cfg.pairs.criterion == "golden_vs_synthetic":
         return
-    names = cfg.pairs.metrics if cfg.pairs.criterion == "unanimous" else [cfg.pairs.criterion.removeprefix("single:")]
+    name = cfg.pairs.criterion
+    names = cfg.pairs.metrics if name in ("unanimous", "pareto") else [name.removeprefix("single:")]
     if not names:
-        raise ValueError("pairs.metrics is empty; the unanimous criterion needs at least one metric")
+        raise ValueError(f"pairs.metrics is empty; the {name} criterion needs at least one metric")
+    unranked = set(cfg.pairs.chosen_limits) - set(names)
+    if name == "pareto" and unranked:
+        raise ValueError(f"pairs.chosen_limits names {sorted(unranked)}, which pairs.metrics does not rank by")
     for m in names:
         if m not in directions and m in heldout_only:
             raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which is scored on held-out "

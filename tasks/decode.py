@@ -14,6 +14,7 @@ audio; the others are decoded.
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections.abc import Iterable
@@ -21,8 +22,13 @@ from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
+
+from speechalign.config import Config
+from speechalign.faults import fault_point
+from speechalign.layout import Layout
 from speechalign.models.acoustic import load_acoustic
 from speechalign.models.codec import load_codec
+from speechalign.models.codec_lm import METADATA_FILE, expand_runs
 from speechalign.models.metrics import needs_audio
 from speechalign.models.speech import Synthesizer
 from speechalign.preference_store.schema import Sample
@@ -32,10 +38,6 @@ from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Audio, Candidates
 from speechalign.tasks.score import candidate_metrics
 from speechalign.tasks.stage import stage
-
-from speechalign.config import Config
-from speechalign.faults import fault_point
-from speechalign.layout import Layout
 
 log = logging.getLogger(__name__)
 KINDS = ("golden", "candidate", "heldout", "probe", "recording")
@@ -60,12 +62,13 @@ def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids:
     if not samples:
         return Audio(sample_ids=ids, decoded=0, skipped=0)
     synth = synthesizer(cfg)
+    frames = unit_frames(cfg)
     batch_size = cfg.codec.decode_batch_size
     started, seconds, failed = time.monotonic(), 0.0, {}
     batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
     with Progress(f"decode: {len(samples)} samples of round {number} to WAV", len(samples), "sample") as progress:
         for batch in batches:
-            paths = write_batch(cfg.layout, synth, number, batch, prompts, failed)
+            paths = write_batch(cfg.layout, synth, number, batch, prompts, failed, frames)
             store.set_audio_paths(paths)
             seconds += sum(sf.info(p).frames for p in paths.values()) / synth.sample_rate
             progress.advance(len(batch))
@@ -87,10 +90,19 @@ def decode_for_listening(cfg: Config, store: PreferenceStore, samples: list[Samp
     return {i: s.audio_path for i, s in decoded.items() if s.audio_path}
 
 
+def unit_frames(cfg: Config):
+    """A sample's units as codec frames: as they are, or, from a model that writes deduplicated units
+    (model.deduplicate), each held for the golden units' mean run length (in the base model's metadata)."""
+    if not cfg.model.deduplicate:
+        return lambda s: s.tokens
+    run = json.loads((cfg.layout.base_model / METADATA_FILE).read_text())["mean_unit_run"]
+    return lambda s: s.tokens if s.kind in ("golden", "recording") else expand_runs(s.tokens, run)
+
+
 def write_batch(layout: Layout, synth: Synthesizer, number: int, batch: list[Sample], prompts: dict,
-                failed: dict[str, str]) -> dict[int, str]:
+                failed: dict[str, str], frames=lambda s: s.tokens) -> dict[int, str]:
     """Decode one batch to WAV files; a sample that fails is recorded in `failed` (the rest go on)."""
-    wavs = synth.synthesize_each([s.tokens for s in batch], [prompts[s.prompt_id].speaker for s in batch],
+    wavs = synth.synthesize_each([frames(s) for s in batch], [prompts[s.prompt_id].speaker for s in batch],
                                  len(batch))
     paths = {}
     for s, wav in zip(batch, wavs):

@@ -17,9 +17,9 @@ from pathlib import Path
 
 import numpy as np
 import soundfile as sf
-from speechalign.tasks.progress import Progress
 
 from speechalign.audio import resample
+from speechalign.tasks.progress import Progress
 
 SUBJECTS = [
     "the old farmer", "my sister", "a young pilot", "the tired doctor", "our neighbour",

@@ -20,11 +20,14 @@ from __future__ import annotations
 import random
 import statistics
 
+from speechalign.config import Config
+from speechalign.intervals import changes
 from speechalign.models.codec_lm import CodecLM, load_codec_lm
 from speechalign.models.likelihood import sequence_nll
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore
+from speechalign.seeds import derive_seed
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.decode import decode_samples
 from speechalign.tasks.distribution_gap import gap, save_projection
@@ -32,10 +35,6 @@ from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Heldout
 from speechalign.tasks.score import heldout_metrics, score_samples
 from speechalign.tasks.stage import stage
-
-from speechalign.config import Config
-from speechalign.intervals import changes
-from speechalign.seeds import derive_seed
 
 GAP_FIGURE = "distribution_gap.png"
 

@@ -21,9 +21,9 @@ from collections.abc import Callable
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from speechalign.tasks.progress import Progress
 
 from speechalign.config import Config
+from speechalign.tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 

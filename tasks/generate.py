@@ -10,19 +10,18 @@ from __future__ import annotations
 import logging
 import random
 
+from speechalign.config import Config
+from speechalign.faults import fault_point
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.seeds import derive_seed
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.fan_out import FanOut
 from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Candidates
 from speechalign.tasks.stage import stage
-
-from speechalign.config import Config
-from speechalign.faults import fault_point
-from speechalign.seeds import derive_seed
 
 log = logging.getLogger(__name__)
 

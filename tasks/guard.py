@@ -30,14 +30,13 @@ from __future__ import annotations
 import dataclasses
 import logging
 
+from speechalign.config import Config, GuardConfig
+from speechalign.intervals import changes, worse_beyond
 from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.results import Heldout, Promotion, Registered, RoundRecord, Trained, Verdict
 from speechalign.tasks.stage import stage
-
-from speechalign.config import Config, GuardConfig
-from speechalign.intervals import changes, worse_beyond
 from speechalign.tracking import round_run
 
 log = logging.getLogger(__name__)

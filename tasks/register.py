@@ -16,6 +16,10 @@ from pathlib import Path
 
 import mlflow
 from mlflow.entities import Metric, Param
+
+from speechalign.config import Config
+from speechalign.faults import fault_point
+from speechalign.layout import safe_name
 from speechalign.models.pyfunc import CodecLMModel
 from speechalign.preference_store.schema import Round
 from speechalign.preference_store.store import PreferenceStore
@@ -24,10 +28,6 @@ from speechalign.tasks.decode import synthesizer, write_wav
 from speechalign.tasks.evaluate import GAP_FIGURE
 from speechalign.tasks.results import Heldout, Pairs, Registered, Trained, Verdict, figures
 from speechalign.tasks.stage import stage
-
-from speechalign.config import Config
-from speechalign.faults import fault_point
-from speechalign.layout import safe_name
 from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
 LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate", "guard")

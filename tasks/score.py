@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import logging
 import statistics
+from itertools import groupby
 
+from speechalign.config import Config
 from speechalign.models.metrics import ScoreItem, get_metric, needs_audio, value_directions
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore, open_store
@@ -24,8 +26,6 @@ from speechalign.tasks.fan_out import FanOut
 from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Audio, Scores
 from speechalign.tasks.stage import stage
-
-from speechalign.config import Config
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ def candidate_metrics(cfg: Config) -> list[str]:
 def ranking_values(cfg: Config) -> list[str]:
     """The metric values the pair criterion compares samples by."""
     criterion = cfg.pairs.criterion
-    if criterion == "unanimous":
+    if criterion in ("unanimous", "pareto"):
         return list(cfg.pairs.metrics)
     if criterion.startswith("single:"):
         return [criterion.removeprefix("single:")]
@@ -88,7 +88,7 @@ def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: st
     for number, ids in enumerate(batches, start=1):
         batch = [samples[i] for i in ids if not metric.outputs.keys() <= have.get(i, {}).keys()]
         if batch:  # else a retried shard: this batch was written
-            rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id]) for s in batch])
+            rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id], cfg.model.deduplicate) for s in batch])
             failures += sum(r["error"] is not None for r in rows)
             store.add_scores(rows)
         if on_batch:
@@ -96,9 +96,14 @@ def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: st
     return {"failures": failures}
 
 
-def as_item(sample: Sample, prompt) -> ScoreItem:
-    return ScoreItem(tokens=sample.tokens, golden_tokens=prompt.golden_tokens[0], text=prompt.text,
-                     audio_path=sample.audio_path, golden_audio_path=prompt.golden_audio_path, speaker=prompt.speaker)
+def as_item(sample: Sample, prompt, deduplicate: bool = False) -> ScoreItem:
+    """A sample with its prompt's golden reference; a deduplicating model's units are compared with the golden
+    units deduplicated."""
+    golden = prompt.golden_tokens[0]
+    if deduplicate and sample.kind not in ("golden", "recording"):
+        golden = [u for u, _ in groupby(golden)]
+    return ScoreItem(tokens=sample.tokens, golden_tokens=golden, text=prompt.text, audio_path=sample.audio_path,
+                     golden_audio_path=prompt.golden_audio_path, speaker=prompt.speaker)
 
 
 def score_batch(metric, samples: list[Sample], items: list[ScoreItem]) -> list[dict]:

@@ -26,10 +26,10 @@ from typing import Generic, TypeVar, get_type_hints
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.results import dump, load
 
 from speechalign.faults import fault_point
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.results import dump, load
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

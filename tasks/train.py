@@ -18,17 +18,17 @@ from contextlib import ExitStack
 import torch
 from datasets import Dataset
 from peft import LoraConfig
-from speechalign.models.codec_lm import CodecLM, completion_text, load_codec_lm
-from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.results import Pairs, Trained
-from speechalign.tasks.stage import stage
-from speechalign.tasks.training_progress import TrainingProgress
 from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from speechalign.config import Config
 from speechalign.host_lock import HostTrainingLock, device_name
+from speechalign.models.codec_lm import CodecLM, load_codec_lm, load_options
+from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.results import Pairs, Trained
+from speechalign.tasks.stage import stage
+from speechalign.tasks.training_progress import TrainingProgress
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "grad_norm")
@@ -48,8 +48,8 @@ def preference_dataset(store: PreferenceStore, round_id: int, lm: CodecLM) -> Da
     for pair in pairs:
         prompt = prompts[pair.prompt_id]
         rows.append({"prompt": lm.prompt(prompt.text, prompt.speaker),
-                     "chosen": completion_text(samples[pair.chosen_sample_id].tokens),
-                     "rejected": completion_text(samples[pair.rejected_sample_id].tokens)})
+                     "chosen": lm.completion(samples[pair.chosen_sample_id].tokens),
+                     "rejected": lm.completion(samples[pair.rejected_sample_id].tokens)})
     if not rows:
         raise RuntimeError(f"round {round_id} has no pairs to train on; run the pairs stage first")
     return Dataset.from_list(rows)
@@ -91,9 +91,14 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
     rnd = store.round(round_id)
     layout = cfg.layout
     policy_dir, adapter_dir = layout.policy(rnd.number), layout.adapter(rnd.number)
-    lm = load_codec_lm(rnd.policy_in, for_training=True)
-    dataset = preference_dataset(store, round_id, lm)
+    lm = load_codec_lm(rnd.policy_in, for_training=True, **load_options(cfg.model))
     t = cfg.train
+    quantized = cfg.model.quantization != "none"
+    if quantized:  # QLoRA: the adapter trains in the compute dtype on frozen 8-/4-bit weights
+        from peft import prepare_model_for_kbit_training  # noqa: PLC0415
+
+        lm.model = prepare_model_for_kbit_training(lm.model, use_gradient_checkpointing=t.gradient_checkpointing)
+    dataset = preference_dataset(store, round_id, lm)
     mode = precision(cfg)
     train_embeddings = t.train_embeddings == "true" or (
         t.train_embeddings == "auto" and lm.metadata.get("added_tokens", 0) > 0 and not lm.metadata.get("sft"))
@@ -109,7 +114,7 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
         loss_type=t.loss_type, loss_weights=t.loss_weights or None, max_length=t.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, len(dataset) // t.batch_size),
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=t.seed,
-        bf16=mode == "bf16", use_cpu=not torch.cuda.is_available(), gradient_checkpointing=False,
+        bf16=mode == "bf16", use_cpu=not torch.cuda.is_available(), gradient_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0, remove_unused_columns=False,
     )
     ref_model = None
@@ -125,11 +130,14 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
     history = [{k: h[k] for k in ("step", *DPO_METRICS) if k in h}
                for h in trainer.state.log_history if "rewards/accuracies" in h]
     trainer.model.save_pretrained(adapter_dir)
-    merged = trainer.model.merge_and_unload()
+    if quantized:  # 8-/4-bit weights cannot take the adapter: merge it into the input policy in its dtype
+        merged = merge_adapter(rnd.policy_in, adapter_dir, load_options(cfg.model)["dtype"]).model
+    else:
+        merged = trainer.model.merge_and_unload()
     metadata = {**lm.metadata, "parent": rnd.policy_in, "round": rnd.number}
     tmp = policy_dir.with_name("policy.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    CodecLM(merged, lm.tokenizer, metadata).save(tmp)
+    CodecLM(merged, lm.tokenizer, metadata).save(tmp, cfg.model.max_shard_size)
     shutil.rmtree(policy_dir, ignore_errors=True)
     tmp.rename(policy_dir)  # the policy directory appears complete or not at all
     tail = history[-max(1, len(history) // 4):]
@@ -139,6 +147,15 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
         processes=trainer.accelerator.num_processes,
         final={k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
         history=history)
+
+
+def merge_adapter(policy: str, adapter: str, dtype=torch.float32) -> CodecLM:
+    """A round's policy again: its input policy with its LoRA adapter merged in (PEFT)."""
+    from peft import PeftModel  # noqa: PLC0415
+
+    lm = load_codec_lm(policy, for_training=True, dtype=dtype)
+    lm.model = PeftModel.from_pretrained(lm.model, adapter).merge_and_unload()
+    return lm
 
 
 def campaign_base(cfg: Config, store: PreferenceStore, campaign_id: int) -> str:

@@ -19,11 +19,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+from speechalign.config import Config, load_config
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.results import Trained, dump, load
 from speechalign.tasks.train import precision, run_dpo
-
-from speechalign.config import Config, load_config
 
 log = logging.getLogger(__name__)
 

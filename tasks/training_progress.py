@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import logging
 
-from speechalign.tasks.progress import Progress
 from transformers import TrainerCallback
 
 from speechalign.faults import fault_point
+from speechalign.tasks.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -71,9 +71,8 @@ def espeak_corpus(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def codec():
-    from speechalign.models.codec import load_codec
-
     from speechalign.config import Config
+    from speechalign.models.codec import load_codec
 
     return load_codec(*Config().codec.files())
 
@@ -130,7 +129,6 @@ def bootstrap_template(tmp_path_factory, espeak_corpus):
     """One `speechalign bootstrap` of the tiny model per test process: corpus imported, golden tokens,
     acoustic stage and base model. Tests get a copy of it (`bootstrapped`), never the template itself."""
     from speechalign.flows.bootstrap import bootstrap
-
     from speechalign.preflight import prepare
 
     tmp_path = tmp_path_factory.mktemp("template")
@@ -143,10 +141,11 @@ def bootstrap_template(tmp_path_factory, espeak_corpus):
 
 def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):
     """A bootstrapped work directory of one's own: the template's files, and its store's rows on `store_url`."""
+    from sqlalchemy import insert, select, text
+
     from speechalign.preference_store import migrate
     from speechalign.preference_store.schema import Base
     from speechalign.preference_store.store import PreferenceStore, open_store
-    from sqlalchemy import insert, select, text
 
     shutil.copytree(template.workdir, workdir)
     cfg = tiny_config(workdir, store_url, Path(template.corpus.manifest), "prefect.task_retries=0", *extra)

@@ -3,9 +3,9 @@
 import json
 
 import pytest
-from speechalign.preference_store.store import open_store
 
 from speechalign.cli import main
+from speechalign.preference_store.store import open_store
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -16,11 +16,15 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
     assert main(args) == 0
     out = capsys.readouterr().out
     lines = out.splitlines()
-    assert lines[0].startswith("held-out metrics of each criterion's last round")
+    assert lines[0].startswith("held-out metrics of each recipe's last round")
     header = lines[1].split()
     assert {"dnsmos_ovrl", "unit_edit_distance", "asr_cer", "speaker_similarity"} <= set(header)
     rows = {line.split()[0]: line.split() for line in lines[3:6]}
-    assert set(rows) == {"-", "golden_vs_synthetic", "single:dnsmos_ovrl"}  # "-": the base model's row
+    assert set(rows) == {"base", "golden_vs_synthetic", "single:dnsmos_ovrl"}  # "base model": round 0's row
+    at = lines.index("change against the base model, mean over held-out prompts [paired bootstrap 95% CI]")
+    changes = {line.split()[0]: line for line in lines[at + 3:at + 5]}
+    assert set(changes) == {"golden_vs_synthetic", "single:dnsmos_ovrl"}
+    assert all(line.count("[") == 5 for line in changes.values())  # WER, UED, golden NLL, OVRL, spk sim
 
     store = open_store(cfg.store_url)
     report = json.loads((cfg.workdir / f"ablation-{cfg.campaign.name}.json").read_text())

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+
 from speechalign.models.acoustic import AcousticConfig, layer_accuracy, load_acoustic, train_acoustic
 from speechalign.models.codec import encode
 from speechalign.models.speech import Synthesizer

@@ -7,13 +7,13 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import soundfile as sf
+
+from speechalign.audio import resample
 from speechalign.models import audio_quality as aq
 from speechalign.models.metrics import ScoreItem
 from speechalign.models.metrics.dnsmos import Dnsmos, repeat_pad, window_starts
 from speechalign.models.metrics.speaker import SpeakerSimilarity
 from speechalign.tasks.demo_corpus import speak
-
-from speechalign.audio import resample
 
 TEXT = "The tired doctor opened the wooden window this morning."
 OTHER = "Where did you put the golden map?"

@@ -2,9 +2,8 @@
 
 import json
 
-from speechalign.preference_store import migrate
-
 from speechalign.cli import main
+from speechalign.preference_store import migrate
 
 
 def test_db_upgrade(tmp_path, capsys):

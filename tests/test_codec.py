@@ -4,11 +4,11 @@ gives layer-1 codes that follow what is said."""
 import numpy as np
 import torch
 from rapidfuzz.distance import Levenshtein
-from speechalign.models.codec import DEMO_CODEC_CONFIG, decode, encode, fit_codebooks, load_codec
-from speechalign.tasks.demo_corpus import speak
 from speechtokenizer import SpeechTokenizer
 
 from speechalign.config import Config
+from speechalign.models.codec import DEMO_CODEC_CONFIG, decode, encode, fit_codebooks, load_codec
+from speechalign.tasks.demo_corpus import speak
 
 # models/demo_codec/MODEL_CARD.md, "codec, 8 layers" on 40 held-out demo utterances
 CARD = {"speaker_similarity": 0.928, "mcd_db": 1.40, "ovrl_gap": 2.80 - 2.47}

@@ -2,8 +2,12 @@
 
 import pytest
 import torch
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
+from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
+
 from speechalign.models.codec_lm import (
     CodecLM,
+    SpeechFormat,
     build_demo_model,
     build_demo_tokenizer,
     check_units_survive,
@@ -13,8 +17,6 @@ from speechalign.models.codec_lm import (
     speaker_token,
 )
 from speechalign.models.sampling import Sampling, generate_units
-from tokenizers import Tokenizer, models, pre_tokenizers, trainers
-from transformers import GPT2Config, GPT2LMHeadModel, PreTrainedTokenizerFast
 
 
 def test_demo_tokenizer_keeps_units_speakers_and_lowercases_text():
@@ -52,7 +54,7 @@ def _user_model_dir(tmp_path):
 
 def test_users_hf_model_gets_the_speech_vocabulary_and_generates_units(tmp_path):
     path, before = _user_model_dir(tmp_path)
-    lm = load_user_model(path, codebook_size=64, speakers=["alice"], speaker_in_prompt=True)
+    lm = load_user_model(path, codebook_size=64, speakers=["alice"], fmt=SpeechFormat())
     assert lm.metadata["added_tokens"] == 64 + 2 + 1
     assert lm.model.get_input_embeddings().weight.shape[0] == len(lm.tokenizer) == before + 67
     out = generate_units(lm, [lm.prompt("the fox", "alice")], Sampling(max_new_tokens=20), seed=0)

@@ -70,3 +70,20 @@ def test_choices_are_checked_when_the_config_is_read():
         load_config(overrides=["train.reference=bogus"])
     with pytest.raises(ConfigError, match="pairs.criterion = 'best'; it can be golden_vs_synthetic"):
         load_config(overrides=["pairs.criterion=best"])
+
+
+def test_a_recipes_file_is_read_as_overrides(tmp_path):
+    from speechalign.flows.ablation import campaign_name, read_recipes, recipe_overrides
+
+    (tmp_path / "recipes.toml").write_text('[dpo]\n"train.loss_type" = ["sigmoid", "sft"]\n"train.beta" = 0.2\n'
+                                           '["SFT golden"]\n"train.loss_type" = ["sft"]\n'
+                                           '[tighter]\n"guard.tolerances" = {asr_wer = 0.01}\n')
+    recipes = read_recipes(tmp_path / "recipes.toml")
+    assert recipes["dpo"] == ['train.loss_type=["sigmoid", "sft"]', "train.beta=0.2"]
+    cfg = load_config(overrides=recipe_overrides("demo", "SFT golden", recipes["SFT golden"], ["generate.k=2"]))
+    assert (cfg.train.loss_type, cfg.generate.k, cfg.campaign.name) == (["sft"], 2, "demo-sft-golden")
+    assert load_config(overrides=recipes["tighter"]).guard.tolerances["asr_wer"] == 0.01
+    assert campaign_name("demo", "single:dnsmos_ovrl") == "demo-single-dnsmos-ovrl"
+    (tmp_path / "bad.toml").write_text("dpo = 3\n")
+    with pytest.raises(ConfigError, match=r"\[dpo\] must be a table of knobs"):
+        read_recipes(tmp_path / "bad.toml")

@@ -1,12 +1,12 @@
 """Pair criteria (unanimous, single:<metric>), the collapse guard's signals and held-out regressions."""
 
 import pytest
+
+from speechalign.config import Config, ConfigError, load_config
 from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.schema import Sample
 from speechalign.tasks.criteria import candidate_diversity, criterion_function, single, unanimous
 from speechalign.tasks.guard import collapse_signals, regressions
-
-from speechalign.config import Config, ConfigError, load_config
 
 pytestmark = pytest.mark.pure  # make test-fast
 
@@ -67,7 +67,7 @@ def test_criteria_are_checked_when_the_config_loads():
         load_config(None, ["pairs.criterion=single:nisqa_mos"])
     with pytest.raises(ConfigError, match="reported only"):
         load_config(None, ["pairs.criterion=single:length_ratio"])
-    with pytest.raises(ConfigError, match="it can be golden_vs_synthetic, unanimous, single:<metric>"):
+    with pytest.raises(ConfigError, match="it can be golden_vs_synthetic, unanimous, pareto, single:<metric>"):
         load_config(None, ["pairs.criterion=best_of_n"])
     with pytest.raises(ConfigError, match="pairs.margins: entry 'dnsmos_ovrl' is not metric=number"):
         load_config(None, ["pairs.margins=dnsmos_ovrl"])
@@ -116,3 +116,22 @@ def test_a_held_out_metric_worse_than_its_tolerance_is_a_regression():
     cfg.guard.tolerances = {}  # unlisted metrics: 5% of the reference value
     # UED +6.7% > 5%; NLL +4.5% within
     assert len(regressions(cfg.guard, directions, after, before, {}, "round 2")) == 1
+
+
+def test_pareto_fronts_give_the_best_allowed_against_the_last_front():
+    cfg = load_config(None, ["pairs.criterion=pareto", "pairs.metrics=asr_wer,speaker_similarity",
+                             "score.metrics=unit_edit_distance,asr,speaker_similarity"])
+    samples = [sample(i, k=i) for i in (1, 2, 3, 4)]
+    scores = {1: {"asr_wer": 0.2, "speaker_similarity": 0.9},  # first front (nobody beats it on both)
+              2: {"asr_wer": 0.1, "speaker_similarity": 0.8},  # first front
+              3: {"asr_wer": 0.5, "speaker_similarity": 0.7},  # beaten by 1 and 2
+              4: {"asr_wer": 0.9, "speaker_similarity": 0.6}}  # beaten by 3 too: the last front
+    sel = criterion_function(cfg)(samples, scores, cfg)
+    assert sorted((c.id, r.id) for c, r, _ in sel.pairs) == [(1, 4), (2, 4)] and sel.considered == 6
+    cfg.pairs.chosen_limits = {"asr_wer": 0.15}  # only a sample Whisper understands this well may be chosen
+    assert [(c.id, r.id) for c, r, _ in criterion_function(cfg)(samples, scores, cfg).pairs] == [(2, 4)]
+    level = {i: {"asr_wer": 0.3, "speaker_similarity": 0.5} for i in (1, 2, 3, 4)}  # one front: no preference
+    assert criterion_function(cfg)(samples, level, cfg).pairs == []
+    with pytest.raises(ConfigError, match="chosen_limits names \\['dnsmos_ovrl'\\]"):
+        load_config(None, ["pairs.criterion=pareto", "pairs.metrics=asr_wer", "score.metrics=asr",
+                           "pairs.chosen_limits={dnsmos_ovrl = 3.0}"])

@@ -4,6 +4,7 @@ import json
 
 import numpy as np
 import soundfile as sf
+
 from speechalign.tasks.demo_corpus import speak
 from speechalign.tasks.import_corpus import assign_splits, import_corpus
 

@@ -17,18 +17,18 @@ from pathlib import Path
 
 import pytest
 import soundfile as sf
-from speechalign.preference_store import judgments
-from speechalign.preference_store.schema import Judgment, ListeningItem, Pair
-from speechalign.preference_store.store import open_store
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.demo_corpus import speak
-from speechalign.tasks.pairs import build_pairs
-from speechalign.tasks.results import Scores
 
 from speechalign.cli import main
 from speechalign.listen.figures import listening_figures, wilson
 from speechalign.listen.items import build_items
+from speechalign.preference_store import judgments
+from speechalign.preference_store.schema import Judgment, ListeningItem, Pair
+from speechalign.preference_store.store import open_store
 from speechalign.report import campaign_report, format_table
+from speechalign.tasks.context import RoundContext
+from speechalign.tasks.demo_corpus import speak
+from speechalign.tasks.pairs import build_pairs
+from speechalign.tasks.results import Scores
 from tests.conftest import database_url
 from tests.servers import free_port, running_server
 
@@ -348,3 +348,33 @@ def test_listen_says_what_is_missing(tmp_path, capsys):
     assert "nothing to listen to yet" in capsys.readouterr().err
     assert main(["listen", "--workdir", str(workdir), "--items", "0"]) == 2
     assert "give at least 1 item" in capsys.readouterr().err
+
+
+def test_samples_no_metric_listened_to_are_decoded_when_drawn(tmp_path):
+    """Under golden_vs_synthetic a round decodes no candidate (tasks/decode.py); the listening page decodes the
+    golden and candidate samples it draws, through the campaign's own decoding path, and only those."""
+    from speechalign.preference_store.schema import Sample
+    from speechalign.tasks.decode import decode_for_listening
+
+    work = Campaign(tmp_path / "work", f"sqlite:///{tmp_path / 'store.db'}")
+    work.cfg.codec.acoustic = "layer1_only"  # no acoustic stage in this work directory
+    rnd = work.rounds[1]
+    with work.store.session() as s:  # round 1's golden and candidates were never decoded
+        s.query(Sample).filter(Sample.round_id == rnd.id, Sample.kind != "heldout").update({"audio_path": None})
+    drawn = []
+
+    def decode(samples):
+        drawn.extend(samples)
+        return decode_for_listening(work.cfg, work.store, samples)
+
+    build_items(work.store, work.campaign, 1, decode=decode)
+    items = [i for i in work.items() if i.round_id == rnd.id and i.comparison == "golden_vs_synthetic"]
+    assert len(items) == 1  # one item per comparison and round was asked for
+    decoded = {s.id for s in drawn}
+    assert decoded == {items[0].subject_sample_id, items[0].reference_sample_id}  # what was drawn, nothing more
+    for sample in work.store.samples_by_id(decoded).values():
+        info = sf.info(sample.audio_path)
+        assert Path(sample.audio_path).is_relative_to(work.cfg.workdir) and info.samplerate == 16000
+        assert info.frames == len(sample.tokens) * 320
+    silent = [s for s in work.store.samples(rnd.id) if s.kind != "heldout" and s.id not in decoded]
+    assert silent and all(s.audio_path is None for s in silent)

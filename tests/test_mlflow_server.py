@@ -31,7 +31,6 @@ def mlflow_server(tmp_path, mlflow_backend):
 def test_a_round_tracked_by_a_real_mlflow_server(tmp_path, store_url, bootstrap_template, mlflow_server):
     from speechalign.flows.campaign import alignment_campaign
     from speechalign.preference_store.store import open_store
-
     from speechalign.preflight import prepare
 
     cfg = copy_bootstrap(bootstrap_template, tmp_path / "work", store_url, f'mlflow.tracking_uri="{mlflow_server}"')

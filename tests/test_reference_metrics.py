@@ -12,12 +12,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 import torch
-from speechalign.models.metrics import MetricUnavailable, ScoreItem
-from speechalign.models.metrics.asr import AsrErrorRate, error_rates, normalize_text, read_audio, transcribe
-from speechalign.models.metrics.reference_models import NISQA_ARGS, Nisqa, SpeechBertScore
 
 from speechalign.audio import resample
 from speechalign.config import ScoreConfig
+from speechalign.models.metrics import MetricUnavailable, ScoreItem
+from speechalign.models.metrics.asr import AsrErrorRate, error_rates, normalize_text, read_audio, transcribe
+from speechalign.models.metrics.reference_models import NISQA_ARGS, Nisqa, SpeechBertScore
 
 SENTENCES = ["The quick brown fox jumps over the lazy dog.", "Hello world, this is a test of the speech recognizer."]
 

@@ -9,12 +9,12 @@ import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
+
+from speechalign.faults import FAULT_ENV
 from speechalign.flows.round import alignment_round, baseline
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Score
 from speechalign.preference_store.store import open_store
-
-from speechalign.faults import FAULT_ENV
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]

@@ -7,12 +7,12 @@ import pytest
 import soundfile as sf
 import torch
 from mlflow.tracking import MlflowClient
+
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.round import alignment_round
 from speechalign.models.codec_lm import load_codec_lm
 from speechalign.preference_store.schema import Pair, Sample, Score
 from speechalign.preference_store.store import open_store
-
 from speechalign.report import campaign_report
 
 
@@ -190,10 +190,9 @@ def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
 
 
 def test_a_second_trigger_while_a_round_runs_is_refused(bootstrapped, capsys):
+    from speechalign.cli import main
     from speechalign.flows.common import ensure_campaign
     from speechalign.preference_store.round_lock import CampaignRoundLock, RoundBusy
-
-    from speechalign.cli import main
 
     cfg = bootstrapped
     store = open_store(cfg.store_url)
@@ -207,10 +206,9 @@ def test_a_second_trigger_while_a_round_runs_is_refused(bootstrapped, capsys):
 
 
 def test_a_campaign_the_guard_stopped_refuses_new_rounds(bootstrapped, capsys):
+    from speechalign.cli import main
     from speechalign.flows.common import ensure_campaign
     from speechalign.flows.round import CampaignStopped
-
-    from speechalign.cli import main
 
     cfg = bootstrapped
     store = open_store(cfg.store_url)

@@ -8,9 +8,10 @@ import sys
 import textwrap
 
 import pytest
+from sqlalchemy import update
+
 from speechalign.preference_store.round_lock import CampaignRoundLock, RoundBusy
 from speechalign.preference_store.schema import RoundLock, utcnow
-from sqlalchemy import update
 
 pytestmark = pytest.mark.pure  # make test-fast
 

@@ -23,13 +23,12 @@ def workdir(tmp_path_factory, bootstrap_template):
 
 def first_round(workdir, runner: str, *overrides: str) -> dict:
     """Generate, decode and score round 1 of a campaign named after the runner; what the store holds."""
+    from speechalign.config import load_config
     from speechalign.flows.common import ensure_campaign
     from speechalign.tasks.context import open_round
     from speechalign.tasks.decode import decode
     from speechalign.tasks.generate import generate
     from speechalign.tasks.score import score
-
-    from speechalign.config import load_config
 
     cfg = load_config(overrides=[f'campaign.name="{runner}"', f'scale.runner="{runner}"', "scale.workers=2",
                                  *overrides], workdir=str(workdir))

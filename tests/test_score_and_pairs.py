@@ -1,12 +1,12 @@
 """Scoring (metrics as plug-ins, failures isolated per sample) and the golden_vs_synthetic criterion."""
 
 import pytest
+
+from speechalign.config import Config
 from speechalign.models.metrics import ScoreItem, get_metric
 from speechalign.preference_store.schema import Sample
 from speechalign.tasks.criteria import golden_vs_synthetic
 from speechalign.tasks.score import score_batch
-
-from speechalign.config import Config
 
 pytestmark = pytest.mark.pure  # make test-fast
 
@@ -66,9 +66,8 @@ def test_golden_vs_synthetic_pairs_golden_against_every_differing_candidate():
 
 
 def test_one_instance_per_plugin_is_kept():
-    from speechalign.models.metrics import _CACHE
-
     from speechalign.config import ScoreConfig
+    from speechalign.models.metrics import _CACHE
 
     a = get_metric("unit_edit_distance", ScoreConfig(), policy="/round-1/policy")
     assert get_metric("unit_edit_distance", ScoreConfig(), policy="/round-2/policy") is a  # needs no policy

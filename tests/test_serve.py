@@ -9,6 +9,7 @@ import time
 
 import pytest
 from mlflow.tracking import MlflowClient
+
 from speechalign.preference_store.store import open_store
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"

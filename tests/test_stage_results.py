@@ -2,6 +2,9 @@
 the promotion gate deciding from their arguments alone (no store, no MLflow)."""
 
 import pytest
+
+from speechalign.config import Config
+from speechalign.intervals import changes
 from speechalign.tasks.guard import guard_verdict, promotion_verdict
 from speechalign.tasks.results import (
     RESULT_TYPES,
@@ -19,9 +22,6 @@ from speechalign.tasks.results import (
     figures,
     load,
 )
-
-from speechalign.config import Config
-from speechalign.intervals import changes
 
 pytestmark = pytest.mark.pure  # make test-fast
 

@@ -4,6 +4,7 @@ write is exactly-once."""
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
+
 from speechalign.preference_store import migrate
 from speechalign.preference_store.schema import Base, Pair, Sample, Score
 

@@ -21,9 +21,9 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 from rapidfuzz.distance import Levenshtein
-from speechalign.models.metrics import MetricUnavailable, ScoreItem
 
 from speechalign.audio import resample
+from speechalign.models.metrics import MetricUnavailable, ScoreItem
 
 SAMPLE_RATE = 16000
 POCKETSPHINX = "pocketsphinx"

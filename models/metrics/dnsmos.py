@@ -31,6 +31,7 @@ import os
 from functools import lru_cache
 
 import numpy as np
+
 from speechalign.models.metrics import ScoreItem
 
 SAMPLE_RATE = 16000

@@ -13,6 +13,7 @@ recording path: the K candidates of a prompt share one golden recording.
 from __future__ import annotations
 
 import numpy as np
+
 from speechalign.models.metrics import ScoreItem
 
 SAMPLE_RATE = 16000

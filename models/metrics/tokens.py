@@ -4,6 +4,7 @@ likely the round's policy finds the sample's units."""
 from __future__ import annotations
 
 from rapidfuzz.distance import Levenshtein
+
 from speechalign.models.metrics import MetricUnavailable, ScoreItem
 
 

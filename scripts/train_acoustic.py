@@ -1,0 +1,81 @@
+"""Train the acoustic stage (models/acoustic.py) on a machine with a GPU: how the shipped one is made.
+
+    # here, on a bootstrapped demo work directory: the train split's golden tokens and the recipe's fingerprint
+    .venv/bin/python scripts/train_acoustic.py export --workdir speechalign-demo --out acoustic-data.npz
+    # on the GPU machine (torch, numpy and safetensors are all it needs)
+    python scripts/train_acoustic.py train --data acoustic-data.npz --out acoustic --device cuda
+    # here: check it on held-out golden tokens, then ship it
+    cp -r acoustic models/demo_codec/acoustic
+
+The recipe (codec, golden tokens, [codec] acoustic_steps/acoustic_dim/acoustic_layers, seed) is fixed at export;
+`train` reproduces tasks/acoustic_stage.py's training on whatever device it is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def export(args) -> None:
+    from speechalign.config import load_config
+    from speechalign.preference_store.store import open_store
+    from speechalign.tasks.acoustic_stage import recipe_fingerprint, stage_config
+
+    cfg = load_config(workdir=args.workdir, overrides=args.overrides)
+    store = open_store(cfg.store_url)
+    train, heldout = store.prompts("train"), store.prompts("heldout")
+    config = stage_config(cfg, train)
+    arrays = {f"train_{i}": np.asarray(p.golden_tokens, np.int16) for i, p in enumerate(train)}
+    arrays |= {f"heldout_{i}": np.asarray(p.golden_tokens, np.int16) for i, p in enumerate(heldout)}
+    recipe = {"config": config.__dict__, "steps": cfg.codec.acoustic_steps, "seed": cfg.model.seed,
+              "fingerprint": recipe_fingerprint(cfg, config, train),
+              "train_speakers": [p.speaker for p in train], "heldout_speakers": [p.speaker for p in heldout]}
+    np.savez_compressed(args.out, recipe=json.dumps(recipe), **arrays)
+    print(f"{len(train)} train and {len(heldout)} held-out utterances, {recipe['steps']} steps: {args.out}")
+
+
+def train(args) -> None:
+    sys.path.insert(0, str(REPO / "models"))  # acoustic.py alone: no speechalign install needed
+    from acoustic import AcousticConfig, layer_accuracy, train_acoustic
+
+    data = np.load(args.data)
+    recipe = json.loads(str(data["recipe"]))
+    golden = [data[k].astype(np.int64) for k in sorted((k for k in data if k.startswith("train_")),
+                                                         key=lambda k: int(k.split("_")[1]))]
+    heldout = [data[k].astype(np.int64) for k in sorted((k for k in data if k.startswith("heldout_")),
+                                                          key=lambda k: int(k.split("_")[1]))]
+    config = AcousticConfig(**recipe["config"])
+    model, report = train_acoustic(golden, recipe["train_speakers"], config, recipe["steps"], recipe["seed"],
+                                   batch_size=args.batch, device=args.device, log=print)
+    accuracy = layer_accuracy(model, heldout, recipe["heldout_speakers"])
+    report.update(heldout_layer_accuracy=[round(a, 4) for a in accuracy], fingerprint=recipe["fingerprint"],
+                  device=args.device, batch_size=args.batch)
+    model.save(Path(args.out), report)
+    print(json.dumps({k: v for k, v in report.items() if k != "history"}, indent=1))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = ap.add_subparsers(dest="command", required=True)
+    p = sub.add_parser("export")
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--set", dest="overrides", action="append", default=[])
+    p = sub.add_parser("train")
+    p.add_argument("--data", required=True)
+    p.add_argument("--out", required=True)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--batch", type=int, default=16)
+    args = ap.parse_args()
+    export(args) if args.command == "export" else train(args)
+
+
+if __name__ == "__main__":
+    main()
