@@ -20,12 +20,13 @@ from prefect.cache_policies import NO_CACHE
 from speechalign.config import Config, save_config
 from speechalign.flows.common import load_flow_config
 from speechalign.models.codec import load_codec
-from speechalign.models.codec_lm import is_saved_policy
+from speechalign.models.codec_lm import METADATA_FILE, is_saved_policy
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.acoustic_stage import train_acoustic_stage
 from speechalign.tasks.base_model import initial_model, supervised_finetune
 from speechalign.tasks.demo_corpus import build_demo_corpus
 from speechalign.tasks.import_corpus import import_corpus
+from speechalign.tasks.shipped import SHIPPED, recipe_fingerprint, take_shipped
 
 log = logging.getLogger(__name__)
 
@@ -54,16 +55,31 @@ def base_model(cfg: Config) -> dict:
     out = cfg.layout.base_model
     if is_saved_policy(out):
         log.info("bootstrap: base model already in %s", out)
-        return json.loads((out / "speechalign.json").read_text())
+        return json.loads((out / METADATA_FILE).read_text())
     store = open_store(cfg.store_url)
     train = store.prompts("train")
     codec = load_codec(*cfg.codec.files())
     speakers = sorted({p.speaker for p in store.prompts() if p.speaker})
+    fingerprint = base_model_fingerprint(cfg, train)
+    shipped = json.loads((SHIPPED_BASE / METADATA_FILE).read_text()).get("fingerprint") \
+        if is_saved_policy(SHIPPED_BASE) else None
+    if not cfg.model.base_model and take_shipped("base model", SHIPPED_BASE, shipped, fingerprint, out):
+        return json.loads((out / METADATA_FILE).read_text())
     lm = initial_model(cfg, codec.quantizer.bins, speakers, [p.golden_tokens[0] for p in train])
+    lm.metadata["fingerprint"] = fingerprint
     if cfg.model.sft_epochs > 0:
         lm.metadata["sft"] = supervised_finetune(cfg, lm, train, str(cfg.layout.sft_run))
     lm.save(out, cfg.model.max_shard_size)
     return lm.metadata
+
+
+SHIPPED_BASE = SHIPPED / "demo_lm"
+
+
+def base_model_fingerprint(cfg: Config, train: list) -> str:
+    """What the demo model's SFT is made from (tasks/shipped.py): its [model] settings, codec, corpus recipe."""
+    settings = {k: v for k, v in cfg.model.model_dump().items() if k not in ("base_model", "max_shard_size")}
+    return recipe_fingerprint(cfg, {"model": settings}, train)
 
 
 @flow(name="bootstrap")

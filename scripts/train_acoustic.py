@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 def export(args) -> None:
     from speechalign.config import load_config
     from speechalign.preference_store.store import open_store
-    from speechalign.tasks.acoustic_stage import recipe_fingerprint, stage_config
+    from speechalign.tasks.acoustic_stage import stage_config, stage_fingerprint
 
     cfg = load_config(workdir=args.workdir, overrides=args.overrides)
     store = open_store(cfg.store_url)
@@ -35,7 +35,7 @@ def export(args) -> None:
     arrays = {f"train_{i}": np.asarray(p.golden_tokens, np.int16) for i, p in enumerate(train)}
     arrays |= {f"heldout_{i}": np.asarray(p.golden_tokens, np.int16) for i, p in enumerate(heldout)}
     recipe = {"config": config.__dict__, "steps": cfg.codec.acoustic_steps, "seed": cfg.model.seed,
-              "fingerprint": recipe_fingerprint(cfg, config, train),
+              "fingerprint": stage_fingerprint(cfg, config, train),
               "train_speakers": [p.speaker for p in train], "heldout_speakers": [p.speaker for p in heldout]}
     np.savez_compressed(args.out, recipe=json.dumps(recipe), **arrays)
     print(f"{len(train)} train and {len(heldout)} held-out utterances, {recipe['steps']} steps: {args.out}")

@@ -3,21 +3,15 @@
 It learns from the train split's golden tokens only; its per-layer accuracy on the held-out
 split goes into its report (acoustic.json) so a user sees how well it generalises.
 
-The demo ships the stage this recipe trains for the demo corpus (models/demo_codec/acoustic/, made by
-`speechalign demo` and copied there). Its recipe fingerprint names everything training depends on: the
-codec's weights, the train split's golden tokens and speakers, the stage's config, steps and seed. A
-bootstrap whose fingerprint is the shipped one takes the shipped stage instead of training the same model
-again (2-3 minutes on a 2-core CPU); any other corpus, codec or setting trains its own.
+The demo ships the stage its recipe trains (models/demo_codec/acoustic/; tasks/shipped.py): a bootstrap of
+the same recipe takes it instead of training the same model again (2-3 minutes on a 2-core CPU).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
-import shutil
 from dataclasses import asdict
-from importlib.resources import files
 from pathlib import Path
 
 import numpy as np
@@ -27,6 +21,7 @@ from speechalign.models.acoustic import CONFIG_NAME, AcousticConfig, is_saved_ac
 from speechalign.models.codec import load_codec
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.progress import Progress
+from speechalign.tasks.shipped import SHIPPED, recipe_fingerprint, take_shipped
 
 log = logging.getLogger(__name__)
 
@@ -46,11 +41,9 @@ def train_acoustic_stage(cfg: Config) -> dict:
         raise RuntimeError(f"the store's golden tokens have {golden[0].shape[0]} RVQ layers, the codec {codec.n_q}: "
                            "bootstrap a new work directory with this codec")
     config = stage_config(cfg, train, codec)
-    fingerprint = recipe_fingerprint(cfg, config, train)
-    if shipped_fingerprint() == fingerprint:
-        log.info("bootstrap: the shipped acoustic stage (%s) was trained on this recipe; using it", SHIPPED)
-        shutil.copytree(SHIPPED, out)
-        return {**training_report(out), "shipped": str(SHIPPED)}
+    fingerprint = stage_fingerprint(cfg, config, train)
+    if take_shipped("acoustic stage", SHIPPED_STAGE, shipped_fingerprint(), fingerprint, out):
+        return {**training_report(out), "shipped": str(SHIPPED_STAGE)}
     steps = cfg.codec.acoustic_steps
     with Progress(f"acoustic stage: {steps} training steps", steps, "step") as progress:
         model, report = train_acoustic(golden, [p.speaker for p in train], config, steps, cfg.model.seed,
@@ -70,7 +63,7 @@ def stage_config(cfg: Config, train: list, codec=None) -> AcousticConfig:
                           layers=cfg.codec.acoustic_layers, speakers=sorted({p.speaker for p in train if p.speaker}))
 
 
-SHIPPED = Path(str(files("speechalign.models") / "demo_codec" / "acoustic"))
+SHIPPED_STAGE = SHIPPED / "demo_codec" / "acoustic"
 
 
 def training_report(path: Path) -> dict:
@@ -78,19 +71,10 @@ def training_report(path: Path) -> dict:
 
 
 def shipped_fingerprint() -> str | None:
-    return training_report(SHIPPED).get("fingerprint") if is_saved_acoustic(SHIPPED) else None
+    return training_report(SHIPPED_STAGE).get("fingerprint") if is_saved_acoustic(SHIPPED_STAGE) else None
 
 
-def recipe_fingerprint(cfg: Config, config: AcousticConfig, train: list) -> str:
-    """sha256 of what the trained stage depends on: codec weights, train golden tokens and speakers, config."""
-    digest = hashlib.sha256()
-    for path in cfg.codec.files():
-        digest.update(hashlib.sha256(path.read_bytes()).digest())
-    digest.update(json.dumps({"config": asdict(config), "steps": cfg.codec.acoustic_steps, "seed": cfg.model.seed,
-                              "version": FINGERPRINT_VERSION}, sort_keys=True).encode())
-    for p in train:
-        digest.update(json.dumps([p.utterance_id, p.speaker, p.golden_tokens]).encode())
-    return digest.hexdigest()
-
-
-FINGERPRINT_VERSION = 1  # raise when train_acoustic changes what it makes from the same inputs
+def stage_fingerprint(cfg: Config, config: AcousticConfig, train: list) -> str:
+    """What the trained stage is made from (tasks/shipped.py): codec, corpus recipe, its config, steps, seed."""
+    return recipe_fingerprint(cfg, {"config": asdict(config), "steps": cfg.codec.acoustic_steps,
+                                    "seed": cfg.model.seed}, train)
