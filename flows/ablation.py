@@ -18,6 +18,8 @@ the base model with its 95% interval, beside the base model's.
 
 from __future__ import annotations
 
+import json
+import logging
 import re
 import tomllib
 from pathlib import Path
@@ -25,11 +27,16 @@ from pathlib import Path
 import tomlkit
 from prefect import flow
 
-from speechalign.config import ConfigError
+from speechalign.config import Config, ConfigError
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.common import ensure_campaign, load_flow_config
-from speechalign.preference_store.store import open_store
+from speechalign.preference_store.schema import Campaign
+from speechalign.preference_store.store import PreferenceStore, open_store
+from speechalign.tasks.context import open_round, round_record
 from speechalign.tasks.guard import stopped_by_guard
+from speechalign.tasks.register import register_baseline
+
+log = logging.getLogger(__name__)
 
 
 def campaign_name(base: str, recipe: str) -> str:
@@ -69,8 +76,35 @@ def ablation(workdir: str, recipes: dict[str, list[str]], rounds: int, config_fi
     for extra, cfg in zip(runs, configs):
         campaign = ensure_campaign(cfg)
         store = open_store(cfg.store_url)
+        share_baseline(cfg, store, campaign)
         done = sum(r.number > 0 and r.status == "completed" for r in store.rounds(campaign.id))
         if done < rounds and not stopped_by_guard(cfg, store, campaign.id):
             alignment_campaign(workdir, rounds - done, config_file, extra)
         names.append(cfg.campaign.name)
     return names
+
+
+def share_baseline(cfg: Config, store: PreferenceStore, campaign: Campaign) -> None:
+    """Round 0 (the base model on the held-out prompts) is the same for every campaign of this work directory
+    that starts from the same base model and evaluates the same way: when another campaign (an earlier recipe,
+    or the campaign the recipes are compared with) has it, it is copied (samples, scores, result), not
+    evaluated again, and logged to this campaign's own MLflow run."""
+    if store.round_number(campaign.id, 0) is not None:
+        return
+    for other in store.campaigns():
+        source = store.round_number(other.id, 0)
+        if (other.id != campaign.id and other.base_model_path == campaign.base_model_path and source is not None
+                and source.status == "completed" and evaluation(other.config) == evaluation(cfg.to_dict())):
+            copy = store.copy_round(source.id, campaign.id, ("evaluate",))
+            register_baseline(open_round(cfg, campaign, 0, campaign.base_model_path), round_record(store, copy).heldout)
+            log.info("ablation: round 0 of %s is %s's (the same base model, evaluated the same way)", campaign.name,
+                     other.name)
+            return
+
+
+def evaluation(config: dict) -> str:
+    """What round 0 depends on besides the base model: how samples are drawn, decoded and scored."""
+    return json.dumps({section: config.get(section) for section in ("evaluate", "score", "codec", "corpus")} |
+                      {"generate": {k: config.get("generate", {}).get(k) for k in ("temperature", "top_k", "top_p",
+                                                                                  "max_new_tokens", "batch_size")}},
+                      sort_keys=True)

@@ -143,6 +143,10 @@ class PreferenceStore:
         with self.session() as s:
             return s.scalar(select(Campaign).where(Campaign.name == name))
 
+    def campaigns(self) -> list[Campaign]:
+        with self.session() as s:
+            return list(s.scalars(select(Campaign).order_by(Campaign.id)))
+
     def create_campaign(self, name: str, config: dict, base_model_path: str) -> Campaign:
         with self.session() as s:
             insert_ignore(s, Campaign, [{"name": name, "config": config, "base_model_path": base_model_path,
@@ -186,6 +190,35 @@ class PreferenceStore:
     def set_round_mlflow_run(self, round_id: int, run_id: str) -> None:
         with self.session() as s:
             s.execute(update(Round).where(Round.id == round_id).values(mlflow_run_id=run_id))
+
+    def copy_round(self, source_id: int, campaign_id: int, stages: tuple[str, ...]) -> Round:
+        """Another campaign's round, copied into `campaign_id` under the same number: the round, its samples and
+        their scores (under new ids; the files are shared), and the named stages' records. For a round that is
+        the same whichever campaign runs it (round 0 of campaigns from one base model, with one evaluation)."""
+        with self.session() as s:
+            source = s.get_one(Round, source_id)
+            copy = Round(campaign_id=campaign_id, number=source.number, status=source.status,
+                         policy_in=source.policy_in, policy_out=source.policy_out, started_at=source.started_at,
+                         finished_at=source.finished_at)
+            s.add(copy)
+            s.flush()
+            ids = {}
+            for sample in s.scalars(select(Sample).where(Sample.round_id == source_id)):
+                new = Sample(**{c: getattr(sample, c) for c in ("prompt_id", "kind", "k", "tokens", "finished", "seed",
+                                                                "sampling", "audio_path", "created_at")},
+                             round_id=copy.id)
+                s.add(new)
+                s.flush()
+                ids[sample.id] = new.id
+            rows = s.execute(select(Score.sample_id, Score.metric, Score.value, Score.error).where(
+                Score.sample_id.in_(ids))).all() if ids else []
+            insert_ignore(s, Score, [{"sample_id": ids[i], "metric": m, "value": v, "error": e} for i, m, v, e in rows],
+                          ["sample_id", "metric"])
+            for st in s.scalars(select(RoundStage).where(RoundStage.round_id == source_id,
+                                                         RoundStage.stage.in_(stages))):
+                s.add(RoundStage(round_id=copy.id, **{c: getattr(st, c) for c in (
+                    "stage", "status", "attempts", "started_at", "finished_at", "seconds", "result", "error")}))
+            return copy
 
     # ---- stages -------------------------------------------------------------------------------
     def stages(self, round_id: int) -> dict[str, RoundStage]:

@@ -38,6 +38,13 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
         stored = store.stages(first.id)["evaluate"].result["metrics"]
         assert row["heldout/unit_edit_distance"] == stored["unit_edit_distance"]
         assert 0 < row["pair_yield"] <= 1
+    # round 0 was evaluated once: the second campaign's is a copy (same samples and files, same figures)
+    first, second = (store.rounds(store.campaign(r["campaign"]).id)[0] for r in (gvs, single))
+    assert store.stages(first.id)["evaluate"].result == store.stages(second.id)["evaluate"].result
+    copies = [{(s.prompt_id, s.kind, s.k): (s.audio_path, store.scores(r.id).get(s.id)) for s in store.samples(r.id)}
+              for r in (first, second)]
+    assert copies[0] == copies[1] and len(copies[0]) > 10
+    assert {"evaluate", "register"} <= store.stages(second.id).keys() and second.status == "completed"
     # the single-metric criterion pairs candidates: the chosen one has the higher DNSMOS OVRL every time
     campaign = store.campaign(single["campaign"])
     first = store.rounds(campaign.id)[1]
