@@ -42,7 +42,7 @@ def counts(store, round_id):
         "scores": store.count(Score), "pairs": store.count(Pair, round_id=round_id)}
 
 
-def test_one_round_campaign(bootstrapped):
+def test_one_round_campaign(bootstrapped, capsys):
     cfg = bootstrapped
     [result] = alignment_campaign(str(cfg.workdir), rounds=1)
     store = open_store(cfg.store_url)
@@ -57,8 +57,9 @@ def test_one_round_campaign(bootstrapped):
     kinds = [s.kind for s in store.samples(base.id)]
     assert {k: kinds.count(k) for k in set(kinds)} == {"heldout": 10, "probe": 6, "recording": 5, "golden": 5}
     # evaluated samples: UED, length ratio, log-likelihood, DNSMOS x3, speaker similarity, and ASR's CER and WER =
-    # 9 values; round 1's golden and candidates under golden_vs_synthetic: the 3 token values only
-    assert store.count(Score) == 9 * (26 + 10 + 6) + 3 * (19 + 38)
+    # 9 values; round 1's golden and candidates under golden_vs_synthetic: the 2 values that read only the units
+    # (UED, length ratio; no policy log-likelihood, no audio)
+    assert store.count(Score) == 9 * (26 + 10 + 6) + 2 * (19 + 38)
     assert all(p.criterion == "golden_vs_synthetic" and p.source == "auto" for p in store.pairs(first.id))
     prompts = {p.id: p for p in store.prompts()}
     for sample in store.samples(first.id) + store.samples(base.id):
@@ -160,6 +161,19 @@ def test_one_round_campaign(bootstrapped):
     assert report["rounds"][1]["heldout/unit_edit_distance"] == pytest.approx(
         run.data.metrics["heldout/unit_edit_distance"])
 
+    # `speechalign report` prints every round's row, the ceiling rows and the changes; --markdown the same table
+    from speechalign.cli import main
+
+    assert main(["report", "--workdir", str(cfg.workdir)]) == 0
+    text = capsys.readouterr().out.splitlines()
+    ued = f"{report['rounds'][1]['heldout/unit_edit_distance']:.4f}"
+    assert [line.split()[0] for line in text[3:7]] == ["0", "1", "recording", "golden"]
+    assert ued in text[4] and "change against round 0 (the base model)" in "\n".join(text)
+    assert main(["report", "--workdir", str(cfg.workdir), "--markdown"]) == 0
+    markdown = capsys.readouterr().out.splitlines()
+    assert markdown[2].startswith("| round | status |") and markdown[5].startswith("| 1 | completed |")
+    assert ued in markdown[5]
+
 
 def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
     cfg = bootstrapped
@@ -222,3 +236,23 @@ def test_a_campaign_the_guard_stopped_refuses_new_rounds(bootstrapped, capsys):
     assert main(["round", "--workdir", str(cfg.workdir), "--set", "guard.action=stop"]) == 4
     assert "--set guard.action=warn" in capsys.readouterr().err
     assert [r.number for r in store.rounds(campaign.id)] == [0, 1]  # nothing started
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_old_merged_policies_are_pruned_and_merged_again_on_demand(bootstrapped, tmp_path):
+    import shutil
+
+    from speechalign.cli import main
+
+    cfg = bootstrapped
+    overrides = ['guard.champion_alias=""']  # no champion: only the last round's merged policy is kept
+    alignment_round(str(cfg.workdir), overrides=overrides)
+    shutil.copytree(cfg.layout.policy(1), tmp_path / "round-1-policy")
+    alignment_round(str(cfg.workdir), overrides=overrides)
+    assert not cfg.layout.policy(1).exists() and cfg.layout.policy(2).is_dir()  # round 1's merged policy is gone
+    assert cfg.layout.adapter(1).is_dir()  # its adapter stays
+    assert main(["policy", "--workdir", str(cfg.workdir), "--round", "1", "--out", str(tmp_path / "again")]) == 0
+    made, again = load_codec_lm(tmp_path / "round-1-policy"), load_codec_lm(tmp_path / "again")
+    for (name, a), (_, b) in zip(made.model.state_dict().items(), again.model.state_dict().items()):
+        assert torch.allclose(a, b, atol=1e-6), name  # base + round 1's adapter: the policy round 1 made
+    assert main(["policy", "--workdir", str(cfg.workdir), "--round", "5", "--out", str(tmp_path / "x")]) == 2
