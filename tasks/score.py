@@ -3,8 +3,9 @@
 Which plug-ins score what:
 - held-out samples: every plug-in of score.metrics and score.heldout_metrics (ASR by default);
 - a round's golden and candidate samples (`candidate_metrics`): the plug-ins the pair criterion ranks by,
-  and those that need no audio (unit edit distance, length ratio, policy log-likelihood: cheap); with
-  score.candidates = "all", every plug-in of score.metrics.
+  and those that read only the units (unit edit distance, length ratio: cheap); with score.candidates =
+  "all", every plug-in of score.metrics. (DPO's own logps/chosen and logps/rejected track the policy's
+  likelihood of the pairs, which policy_loglik on candidates would repeat at a model's cost.)
 A plug-in that fails on one sample records the failure for that sample (value NULL, with the error) and
 scoring goes on; a resumed stage scores only what is missing. Plug-ins that need the policy
 (policy_loglik) score with the policy that made the samples: the round's input policy for candidates and
@@ -18,7 +19,7 @@ import statistics
 from itertools import groupby
 
 from speechalign.config import Config
-from speechalign.models.metrics import ScoreItem, get_metric, needs_audio, value_directions
+from speechalign.models.metrics import ScoreItem, get_metric, is_cheap, value_directions
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore, open_store
 from speechalign.tasks.context import RoundContext
@@ -41,7 +42,7 @@ def candidate_metrics(cfg: Config) -> list[str]:
     if cfg.score.candidates == "all":
         return list(cfg.score.metrics)
     ranked = set(ranking_values(cfg))
-    return [m for m in cfg.score.metrics if not needs_audio([m]) or ranked & value_directions([m]).keys()]
+    return [m for m in cfg.score.metrics if is_cheap(m) or ranked & value_directions([m]).keys()]
 
 
 def ranking_values(cfg: Config) -> list[str]:

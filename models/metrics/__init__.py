@@ -70,6 +70,13 @@ def needs_audio(names: list[str]) -> bool:
 HELDOUT_EXTRAS = {"golden_nll": False, "finished_rate": True, "unit_kl": False, "bigram_kl": False}
 
 
+def is_cheap(name: str) -> bool:
+    """The plug-in reads only the units: no audio, no model (unit edit distance, length ratio)."""
+    registry = _registry()
+    _check(name, registry)
+    return not registry[name].needs_audio and not getattr(registry[name], "uses_policy", False)
+
+
 def heldout_directions(score) -> dict[str, bool]:
     """Held-out figures that have a better side (reported-only ones like length_ratio are left out), for the
     campaign's [score] section."""
