@@ -19,6 +19,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import torch
+
 from speechalign.config import Config, load_config
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.results import Trained, dump, load
@@ -60,6 +62,9 @@ def main(argv: list[str]) -> int:
         tmp = result_file.with_suffix(".tmp")
         tmp.write_text(json.dumps(dump(result)))
         tmp.rename(result_file)
+    if torch.distributed.is_initialized():
+        torch.distributed.barrier()  # every rank waits for the main one's policy and result
+        torch.distributed.destroy_process_group()  # a rank that exits with gloo's threads still running aborts
     return 0
 
 
