@@ -58,13 +58,13 @@ def base_model(cfg: Config) -> dict:
         return json.loads((out / METADATA_FILE).read_text())
     store = open_store(cfg.store_url)
     train = store.prompts("train")
-    codec = load_codec(*cfg.codec.files())
-    speakers = sorted({p.speaker for p in store.prompts() if p.speaker})
     fingerprint = base_model_fingerprint(cfg, train)
     shipped = json.loads((SHIPPED_BASE / METADATA_FILE).read_text()).get("fingerprint") \
         if is_saved_policy(SHIPPED_BASE) else None
     if not cfg.model.base_model and take_shipped("base model", SHIPPED_BASE, shipped, fingerprint, out):
         return json.loads((out / METADATA_FILE).read_text())
+    codec = load_codec(*cfg.codec.files())  # only its codebook size: loaded when the model is made here
+    speakers = sorted({p.speaker for p in store.prompts() if p.speaker})
     lm = initial_model(cfg, codec.quantizer.bins, speakers, [p.golden_tokens[0] for p in train])
     lm.metadata["fingerprint"] = fingerprint
     if cfg.model.sft_epochs > 0:

@@ -10,8 +10,8 @@ again; any other corpus, codec or setting trains its own.
 The corpus enters by its recipe, not by its golden tokens: the demo corpus's settings (sentences, voices,
 speed, seed) and the split, or a user's manifest by content. Golden tokens are the codec's float arithmetic
 on espeak's audio, and a few of them differ between CPUs: a fingerprint over them would miss the shipped
-models on every machine but the one that made them. To remake one, `speechalign ship --workdir W` (after a
-bootstrap with `SPEECHALIGN_NO_SHIPPED=1`) copies W's models into the package.
+models on every machine but the one that made them. To remake them, bootstrap a work directory W with
+`SPEECHALIGN_NO_SHIPPED=1`, then `scripts/ship_demo_models.py --workdir W` copies W's models into the package.
 """
 
 from __future__ import annotations
