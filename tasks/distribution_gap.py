@@ -5,6 +5,9 @@ and that alignment closes the gap. Per round, on the held-out prompts:
 - unit_kl: KL(golden || policy) of the unit unigram distributions;
 - bigram_kl: the same over pairs of consecutive units;
 both over the units either side uses, add-half smoothed (so an unseen unit costs, but not infinitely).
+Both are figures of the whole held-out set, not means over prompts, so `gap_changes` gives their change
+between two rounds a paired bootstrap interval of its own: it resamples the prompts (the golden side and
+both rounds together) and computes both rounds' KL again from the picked prompts' counts.
 `projection_figure` draws both sets of sequences in 2-D: each sequence is its unit histogram, projected
 on the two principal axes of golden and synthetic together.
 """
@@ -15,6 +18,9 @@ from collections import Counter
 from itertools import pairwise
 
 import numpy as np
+from scipy import sparse
+
+from speechalign.intervals import RESAMPLES, SEED
 
 
 def _kl(p: Counter, q: Counter) -> float:
@@ -35,6 +41,57 @@ def bigram_kl(golden: list[list[int]], sampled: list[list[int]]) -> float:
 
 def gap(golden: list[list[int]], sampled: list[list[int]]) -> dict[str, float]:
     return {"unit_kl": unit_kl(golden, sampled), "bigram_kl": bigram_kl(golden, sampled)}
+
+
+GAPS = {"unit_kl": lambda seq: seq, "bigram_kl": pairwise}  # figure -> the items of a sequence it counts
+
+
+def gap_changes(golden: dict[int, list[int]], now: dict[int, list[list[int]]], before: dict[int, list[list[int]]],
+                resamples: int = RESAMPLES, seed: int = SEED) -> dict[str, list[float]]:
+    """Per gap figure, [change, 2.5th, 97.5th percentile] of now's figure minus before's, over the prompts all
+    three have (`golden`: prompt -> its golden units; `now`, `before`: prompt -> its samples' units). Each
+    resample picks prompts with replacement, the same picks for the golden side and both rounds, as
+    speechalign/intervals.py does for the per-prompt metrics. A KL is not linear in the counts (a resample holds
+    fewer distinct prompts), so the change itself can lie a little outside its percentile interval."""
+    prompts = sorted(golden.keys() & now.keys() & before.keys())
+    if not prompts:
+        return {}
+    picks = np.random.default_rng(seed).integers(0, len(prompts), size=(resamples, len(prompts)))
+    weights = np.stack([np.bincount(row, minlength=len(prompts)) for row in picks]).astype(np.float64)
+    out = {}
+    for name, items in GAPS.items():
+        counts = [[Counter(items(golden[p])) for p in prompts],
+                  [Counter(x for seq in now[p] for x in items(seq)) for p in prompts],
+                  [Counter(x for seq in before[p] for x in items(seq)) for p in prompts]]
+        index = {x: i for i, x in enumerate(sorted(set().union(*counts[0], *counts[1], *counts[2])))}
+        g, n, b = (_count_matrix(c, index) for c in counts)
+        change = _kl_rows(np.ones((1, len(prompts))), g, n) - _kl_rows(np.ones((1, len(prompts))), g, b)
+        chunk = max(1, 2_000_000 // max(1, len(index)))  # resamples per step: bounds the dense (chunk, items) sums
+        resampled = np.concatenate([_kl_rows(w, g, n) - _kl_rows(w, g, b)
+                                    for w in np.split(weights, range(chunk, resamples, chunk))])
+        low, high = np.percentile(resampled, [2.5, 97.5])
+        out[name] = [float(change[0]), float(low), float(high)]
+    return out
+
+
+def _count_matrix(counters: list[Counter], index: dict) -> sparse.csr_matrix:
+    """(prompts, items): each prompt's count of each item."""
+    rows = [i for i, c in enumerate(counters) for _ in c]
+    cols = [index[x] for c in counters for x in c]
+    values = [v for c in counters for v in c.values()]
+    return sparse.csr_matrix((values, (rows, cols)), shape=(len(counters), len(index)), dtype=np.float64)
+
+
+def _kl_rows(weights: np.ndarray, golden: sparse.csr_matrix, sampled: sparse.csr_matrix) -> np.ndarray:
+    """`_kl` of each weighting of the prompts (a row of `weights`): the counts summed with those weights, over
+    the items that either side has in that weighting."""
+    p = np.asarray((golden.T @ weights.T).T)
+    q = np.asarray((sampled.T @ weights.T).T)
+    used = (p + q) > 0
+    a, b = np.where(used, p + 0.5, 0.0), np.where(used, q + 0.5, 0.0)
+    a, b = a / a.sum(1, keepdims=True), b / b.sum(1, keepdims=True)
+    ratio = np.divide(a, b, out=np.ones_like(a), where=used)
+    return np.sum(a * np.log(ratio), axis=1)
 
 
 def save_projection(golden: list[list[int]], sampled: list[list[int]], title: str, path) -> None:

@@ -5,9 +5,10 @@
                                       fixed set of train prompts (the train probe)
     audio = decode_samples(...)       every one of them to a WAV
     scores = score_samples(...)       every metric of score.metrics and score.heldout_metrics
-    figures                           per prompt, then their mean; the change against round 0 and the round
-                                      before with its paired bootstrap 95% interval (speechalign/intervals.py);
-                                      the distribution gap between golden and sampled units (unit_kl, bigram_kl)
+    figures                           per prompt, then their mean; the distribution gap between golden and
+                                      sampled units (unit_kl, bigram_kl); each figure's change against round 0,
+                                      the round before and the champion, with its paired bootstrap 95% interval
+                                      over prompts (speechalign/intervals.py; the gap's: distribution_gap.py)
 
 Held-out prompts never take part in pairs or training. The train probe tells "alignment does nothing"
 from "alignment does not generalise": its prompts are trained on. The policy's teacher-forced likelihood
@@ -30,7 +31,7 @@ from speechalign.preference_store.store import PreferenceStore
 from speechalign.seeds import derive_seed
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.decode import decode_samples
-from speechalign.tasks.distribution_gap import gap, save_projection
+from speechalign.tasks.distribution_gap import gap, gap_changes, save_projection
 from speechalign.tasks.progress import Progress
 from speechalign.tasks.results import Heldout
 from speechalign.tasks.score import heldout_metrics, score_samples
@@ -58,15 +59,31 @@ def evaluate(ctx: RoundContext, policy: str) -> Heldout:
     ctx.layout.round_dir(ctx.number).mkdir(parents=True, exist_ok=True)
     save_projection(golden, synthetic, f"round {ctx.number}: golden vs the policy's units, held out",
                     ctx.layout.round_dir(ctx.number) / GAP_FIGURE)
-    against = {"vs_base": ctx.base, "vs_previous": ctx.previous}
+    against = {name: record for name, record in
+               {"vs_base": ctx.base, "vs_previous": ctx.previous, "vs_champion": ctx.champion}.items()
+               if record is not None and record.heldout is not None}
+    golden_of, units_of = {p.id: p.golden_tokens[0] for p in heldout}, units_by_prompt(samples)
     return Heldout(
         policy=policy, prompts=len(heldout), samples=len(samples), mode=cfg.evaluate.mode,
         metrics={**means(per_prompt), **gap(golden, synthetic)}, per_prompt=per_prompt,
-        changes={name: changes(per_prompt, record.heldout.per_prompt) for name, record in against.items()
-                 if record is not None and record.heldout is not None},
+        changes={name: {**changes(per_prompt, record.heldout.per_prompt),
+                        **gap_changes(golden_of, units_of, units_by_prompt(round_samples(ctx, record.number)))}
+                 for name, record in against.items()},
         probe=means(prompt_figures(store, round_id, "probe")),
         ceiling={row: means(prompt_figures(store, round_id, kind)) for row, kind in CEILING.items() if ceiling},
         decode=audio, score_failures=scores.failures)
+
+
+def round_samples(ctx: RoundContext, number: int) -> list:
+    """Round `number`'s held-out samples (a round this one is compared with)."""
+    return ctx.store.samples(ctx.store.round_number(ctx.campaign.id, number).id, "heldout")
+
+
+def units_by_prompt(samples) -> dict[int, list[list[int]]]:
+    out: dict[int, list[list[int]]] = {}
+    for s in samples:
+        out.setdefault(s.prompt_id, []).append(s.tokens)
+    return out
 
 
 def probe_prompts(cfg: Config, store: PreferenceStore) -> list[Prompt]:

@@ -44,18 +44,21 @@ def regressions(guard: GuardConfig, directions: dict[str, bool], current: dict[s
                 reference: dict[str, float], changed: dict[str, list[float]], against: str) -> list[str]:
     """One sentence per held-out metric whose change against `reference` is worse beyond its tolerance,
     interval and all (`changed`: metric -> [mean change, low, high]). A metric with no interval (results
-    stored without per-prompt figures) is judged by its mean change."""
+    stored by an older version, without per-prompt figures or the gap's intervals) is judged by its mean change."""
     reasons = []
     for metric, higher in directions.items():
         now, ref = current.get(metric), reference.get(metric)
         if now is None or ref is None:
             continue
         tolerance = guard.tolerances.get(metric, guard.default_tolerance * abs(ref))
-        change = changed.get(metric) or [now - ref] * 3
+        change = changed.get(metric)
+        interval = (f"95% CI of the change {change[1]:+.4f} to {change[2]:+.4f}" if change
+                    else "no interval stored, judged by the mean")
+        change = change or [now - ref] * 3
         if worse_beyond(change, higher, tolerance):
             worse = -change[0] if higher else change[0]
-            reasons.append(f"held-out {metric} {now:.4f} vs {ref:.4f} ({against}): worse by {worse:.4f}, 95% CI of "
-                           f"the change {change[1]:+.4f} to {change[2]:+.4f}, beyond the tolerance {tolerance:.4f}")
+            reasons.append(f"held-out {metric} {now:.4f} vs {ref:.4f} ({against}): worse by {worse:.4f}, {interval}, "
+                           f"beyond the tolerance {tolerance:.4f}")
     return reasons
 
 
@@ -113,8 +116,8 @@ def promotion_verdict(cfg: Config, heldout: Heldout, champion: RoundRecord, verd
                else "base model, round 0")
     reference = champion.heldout or heldout
     directions = heldout_directions(cfg.score)
-    reasons = regressions(cfg.guard, directions, heldout.metrics, reference.metrics,
-                          changes(heldout.per_prompt, reference.per_prompt), against)
+    changed = heldout.changes.get("vs_champion") or changes(heldout.per_prompt, reference.per_prompt)
+    reasons = regressions(cfg.guard, directions, heldout.metrics, reference.metrics, changed, against)
     for metric in cfg.guard.gate_metrics:
         now, ref = heldout.metrics.get(metric), reference.metrics.get(metric)
         if now is not None and ref is not None and (now < ref if directions[metric] else now > ref):

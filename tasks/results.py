@@ -95,7 +95,9 @@ class Heldout:
 
     A metric's figure is the mean over prompts of the mean of each prompt's samples (`per_prompt`, which the
     paired bootstrap intervals resample: speechalign/intervals.py). `changes[against][metric]` is
-    [mean change, 2.5th, 97.5th percentile] against round 0 ("vs_base") and the round before ("vs_previous").
+    [mean change, 2.5th, 97.5th percentile] against round 0 ("vs_base"), the round before ("vs_previous") and
+    the champion when the round was evaluated ("vs_champion", the promotion gate's reference). The gap figures
+    (unit_kl, bigram_kl) are not means over prompts; their intervals come from tasks/distribution_gap.py.
     """
 
     stage: ClassVar[str] = "evaluate"
