@@ -140,7 +140,8 @@ def bootstrap_template(tmp_path_factory, espeak_corpus):
 
 
 def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):
-    """A bootstrapped work directory of one's own: the template's files, and its store's rows on `store_url`."""
+    """A work directory of one's own: the template's files, its store's rows on `store_url`, and its MLflow
+    store, with every path into the template's work directory moved to the copy's."""
     from sqlalchemy import insert, select, text
 
     from speechalign.preference_store import migrate
@@ -148,12 +149,14 @@ def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):
     from speechalign.preference_store.store import PreferenceStore, open_store
 
     shutil.copytree(template.workdir, workdir)
+    relocate = _relocator(str(template.workdir), str(workdir))
+    _relocate_sqlite(template.layout.mlflow_db.name, workdir, str(template.workdir))
     cfg = tiny_config(workdir, store_url, Path(template.corpus.manifest), "prefect.task_retries=0", *extra)
     migrate.upgrade(store_url)
     source, target = open_store(template.store_url), PreferenceStore(store_url)
     with source.session() as read, target.session() as write:
         for table in Base.metadata.sorted_tables:
-            rows = [dict(r._mapping) for r in read.execute(select(table))]
+            rows = [{k: relocate(v) for k, v in r._mapping.items()} for r in read.execute(select(table))]
             if rows:
                 write.execute(insert(table), rows)
             if target.engine.dialect.name == "postgresql" and "id" in table.c:  # ids were copied: move the sequence
@@ -161,6 +164,51 @@ def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):
                                    f"coalesce(max(id), 0) + 1, false) FROM {table.name}"))
     target.engine.dispose()
     return cfg
+
+
+def light_scoring(cfg, **knobs):
+    """For tests about stages, rows, servers and processes, not metrics: score with the plug-ins that read units and
+    one audio model (DNSMOS), and no held-out ASR, so each process (and each killed and resumed one) loads less.
+    `knobs` sets more, e.g. light_scoring(cfg, **{"score.candidates": "all"})."""
+    from speechalign.config import save_config
+
+    cfg.score.metrics = ["unit_edit_distance", "length_ratio", "dnsmos"]
+    cfg.score.heldout_metrics = []
+    cfg.guard.gate_metrics = ["unit_edit_distance"]  # no ASR, no WER to gate on
+    for knob, value in knobs.items():
+        section, key = knob.split(".")
+        setattr(getattr(cfg, section), key, value)
+    save_config(cfg)
+    return cfg
+
+
+def _relocator(old: str, new: str):
+    """Replace the path prefix `old` with `new` in a value, inside JSON values too."""
+    def relocate(value):
+        if isinstance(value, str):
+            return value.replace(old, new)
+        if isinstance(value, list):
+            return [relocate(v) for v in value]
+        if isinstance(value, dict):
+            return {k: relocate(v) for k, v in value.items()}
+        return value
+    return relocate
+
+
+def _relocate_sqlite(name: str, workdir: Path, old: str) -> None:
+    """In the copied SQLite file `workdir/name` (MLflow's store), every text value holding `old` gets the copy's
+    work directory instead (experiments' artifact locations, runs' artifact URIs, model versions' sources)."""
+    import sqlite3
+
+    if not (workdir / name).is_file():
+        return
+    with sqlite3.connect(workdir / name) as db:
+        tables = [t for (t,) in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")]
+        for table in tables:
+            for column in [c[1] for c in db.execute(f'PRAGMA table_info("{table}")')
+                           if any(t in c[2].upper() for t in ("CHAR", "TEXT", "CLOB")) or not c[2]]:
+                db.execute(f'UPDATE "{table}" SET "{column}" = replace("{column}", ?, ?) WHERE instr("{column}", ?)',
+                           (old, str(workdir), old))
 
 
 @pytest.fixture

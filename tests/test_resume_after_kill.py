@@ -15,25 +15,29 @@ from speechalign.flows.round import alignment_round, baseline
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Score
 from speechalign.preference_store.store import open_store
+from tests.conftest import copy_bootstrap, light_scoring
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
+ALL = {"score.candidates": "all"}  # every sample decoded and scored: the decode and score stages have work
 FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end",
           "evaluate:end", "register:mid", "register:end", "promote:end"]
 
 
-@pytest.fixture
-def bootstrapped(bootstrapped):
-    """These checks are about stages and rows, not metrics: score with the light plug-ins and one audio
-    model (DNSMOS), and no held-out ASR, so each killed and resumed process loads less."""
-    from speechalign.config import save_config
+@pytest.fixture(scope="session")
+def baselined_template(tmp_path_factory, bootstrap_template, prefect_server):
+    """The bootstrap template with round 0 (the baseline) done, once per test process: the kill hits round 1
+    (round 0 has evaluate and register too), and no test runs round 0 again."""
+    path = tmp_path_factory.mktemp("baselined")
+    cfg = light_scoring(copy_bootstrap(bootstrap_template, path / "work", f"sqlite:///{path / 'store.db'}"), **ALL)
+    baseline(str(cfg.workdir))
+    return cfg
 
-    bootstrapped.score.metrics = ["unit_edit_distance", "length_ratio", "dnsmos"]
-    bootstrapped.score.heldout_metrics = []
-    bootstrapped.guard.gate_metrics = ["unit_edit_distance"]  # no ASR, no WER to gate on
-    bootstrapped.score.candidates = "all"  # every sample decoded and scored: the decode and score stages have work
-    save_config(bootstrapped)
-    return bootstrapped
+
+@pytest.fixture
+def bootstrapped(tmp_path, store_url, baselined_template):
+    """A copy of the baselined template of one's own, on the given store."""
+    return light_scoring(copy_bootstrap(baselined_template, tmp_path / "work", store_url), **ALL)
 
 
 def kill_round_at(cfg, fault: str) -> None:
@@ -50,7 +54,6 @@ def kill_round_at(cfg, fault: str) -> None:
 def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     cfg = bootstrapped
     stage, point = fault.split(":")
-    baseline(str(cfg.workdir))  # round 0 first, so the kill hits round 1 (round 0 has evaluate and register too)
     kill_round_at(cfg, fault)
 
     store = open_store(cfg.store_url)

@@ -11,6 +11,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from speechalign.preference_store.store import open_store
+from tests.conftest import light_scoring
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 
@@ -33,7 +34,7 @@ def test_a_served_round_deployment_runs_when_triggered_by_hand(bootstrapped):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    cfg = bootstrapped
+    cfg = light_scoring(bootstrapped)  # this is about serving and triggering, not the metrics
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--workdir", str(cfg.workdir), "--cron", "0 3 * * *"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
