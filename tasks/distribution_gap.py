@@ -66,7 +66,7 @@ def gap_changes(golden: dict[int, list[int]], now: dict[int, list[list[int]]], b
         index = {x: i for i, x in enumerate(sorted(set().union(*counts[0], *counts[1], *counts[2])))}
         g, n, b = (_count_matrix(c, index) for c in counts)
         change = _kl_rows(np.ones((1, len(prompts))), g, n) - _kl_rows(np.ones((1, len(prompts))), g, b)
-        chunk = max(1, 2_000_000 // max(1, len(index)))  # resamples per step: bounds the dense (chunk, items) sums
+        chunk = max(1, 1_000_000 // max(1, len(index)))  # resamples per step: bounds the dense (chunk, items) sums
         resampled = np.concatenate([_kl_rows(w, g, n) - _kl_rows(w, g, b)
                                     for w in np.split(weights, range(chunk, resamples, chunk))])
         low, high = np.percentile(resampled, [2.5, 97.5])
@@ -85,13 +85,16 @@ def _count_matrix(counters: list[Counter], index: dict) -> sparse.csr_matrix:
 def _kl_rows(weights: np.ndarray, golden: sparse.csr_matrix, sampled: sparse.csr_matrix) -> np.ndarray:
     """`_kl` of each weighting of the prompts (a row of `weights`): the counts summed with those weights, over
     the items that either side has in that weighting."""
-    p = np.asarray((golden.T @ weights.T).T)
-    q = np.asarray((sampled.T @ weights.T).T)
-    used = (p + q) > 0
-    a, b = np.where(used, p + 0.5, 0.0), np.where(used, q + 0.5, 0.0)
-    a, b = a / a.sum(1, keepdims=True), b / b.sum(1, keepdims=True)
-    ratio = np.divide(a, b, out=np.ones_like(a), where=used)
-    return np.sum(a * np.log(ratio), axis=1)
+    p = np.asarray((golden.T @ weights.T).T, dtype=np.float64)
+    q = np.asarray((sampled.T @ weights.T).T, dtype=np.float64)
+    half = 0.5 * ((p + q) > 0)  # smoothing on the items this weighting uses; others stay 0 on both sides
+    p += half
+    q += half
+    za, zb = p.sum(1), q.sum(1)
+    np.divide(p, q, out=q, where=half > 0)  # q is now the ratio (1 where unused: log 0)
+    np.log(q, out=q, where=half > 0)
+    q[half == 0] = 0
+    return np.einsum("ij,ij->i", p, q) / za - np.log(za) + np.log(zb)
 
 
 def save_projection(golden: list[list[int]], sampled: list[list[int]], title: str, path) -> None:

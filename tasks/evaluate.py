@@ -63,12 +63,13 @@ def evaluate(ctx: RoundContext, policy: str) -> Heldout:
                {"vs_base": ctx.base, "vs_previous": ctx.previous, "vs_champion": ctx.champion}.items()
                if record is not None and record.heldout is not None}
     golden_of, units_of = {p.id: p.golden_tokens[0] for p in heldout}, units_by_prompt(samples)
+    compared = {record.number: {**changes(per_prompt, record.heldout.per_prompt),
+                                **gap_changes(golden_of, units_of, units_by_prompt(round_samples(ctx, record.number)))}
+                for record in against.values()}  # once per round (round 0 is often base, previous and champion)
     return Heldout(
         policy=policy, prompts=len(heldout), samples=len(samples), mode=cfg.evaluate.mode,
         metrics={**means(per_prompt), **gap(golden, synthetic)}, per_prompt=per_prompt,
-        changes={name: {**changes(per_prompt, record.heldout.per_prompt),
-                        **gap_changes(golden_of, units_of, units_by_prompt(round_samples(ctx, record.number)))}
-                 for name, record in against.items()},
+        changes={name: compared[record.number] for name, record in against.items()},
         probe=means(prompt_figures(store, round_id, "probe")),
         ceiling={row: means(prompt_figures(store, round_id, kind)) for row, kind in CEILING.items() if ceiling},
         decode=audio, score_failures=scores.failures)
