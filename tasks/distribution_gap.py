@@ -65,11 +65,10 @@ def gap_changes(golden: dict[int, list[int]], now: dict[int, list[list[int]]], b
                   [Counter(x for seq in before[p] for x in items(seq)) for p in prompts]]
         index = {x: i for i, x in enumerate(sorted(set().union(*counts[0], *counts[1], *counts[2])))}
         g, n, b = (_count_matrix(c, index) for c in counts)
-        change = _kl_rows(np.ones((1, len(prompts))), g, n) - _kl_rows(np.ones((1, len(prompts))), g, b)
         chunk = max(1, 1_000_000 // max(1, len(index)))  # resamples per step: bounds the dense (chunk, items) sums
-        resampled = np.concatenate([_kl_rows(w, g, n) - _kl_rows(w, g, b)
-                                    for w in np.split(weights, range(chunk, resamples, chunk))])
-        low, high = np.percentile(resampled, [2.5, 97.5])
+        change, *resampled = [_kl_change(w, g, n, b) for w in
+                              [np.ones((1, len(prompts))), *np.split(weights, range(chunk, resamples, chunk))]]
+        low, high = np.percentile(np.concatenate(resampled), [2.5, 97.5])
         out[name] = [float(change[0]), float(low), float(high)]
     return out
 
@@ -82,14 +81,22 @@ def _count_matrix(counters: list[Counter], index: dict) -> sparse.csr_matrix:
     return sparse.csr_matrix((values, (rows, cols)), shape=(len(counters), len(index)), dtype=np.float64)
 
 
-def _kl_rows(weights: np.ndarray, golden: sparse.csr_matrix, sampled: sparse.csr_matrix) -> np.ndarray:
-    """`_kl` of each weighting of the prompts (a row of `weights`): the counts summed with those weights, over
-    the items that either side has in that weighting."""
-    p = np.asarray((golden.T @ weights.T).T, dtype=np.float64)
-    q = np.asarray((sampled.T @ weights.T).T, dtype=np.float64)
+def _kl_change(weights: np.ndarray, golden: sparse.csr_matrix, now: sparse.csr_matrix,
+               before: sparse.csr_matrix) -> np.ndarray:
+    """For each weighting of the prompts (a row of `weights`), `_kl` of the weighted counts: now's minus before's."""
+    p = _weighted(weights, golden)  # the golden side, summed once for both rounds
+    return _kl_rows(p, _weighted(weights, now)) - _kl_rows(p, _weighted(weights, before))
+
+
+def _weighted(weights: np.ndarray, counts: sparse.csr_matrix) -> np.ndarray:
+    """(weightings, items): the prompts' counts summed with each row of `weights`."""
+    return np.asarray((counts.T @ weights.T).T, dtype=np.float64)
+
+
+def _kl_rows(p: np.ndarray, q: np.ndarray) -> np.ndarray:
+    """`_kl` of each row pair, over the items that either row has (add-half smoothed there)."""
     half = 0.5 * ((p + q) > 0)  # smoothing on the items this weighting uses; others stay 0 on both sides
-    p += half
-    q += half
+    p, q = p + half, q + half
     za, zb = p.sum(1), q.sum(1)
     np.divide(p, q, out=q, where=half > 0)  # q is now the ratio (1 where unused: log 0)
     np.log(q, out=q, where=half > 0)

@@ -166,20 +166,19 @@ def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):
     return cfg
 
 
-def light_scoring(cfg, **knobs):
+LIGHT_SCORING = ['score.metrics=["unit_edit_distance", "length_ratio", "dnsmos"]', "score.heldout_metrics=[]",
+                 'guard.gate_metrics=["unit_edit_distance"]']  # no ASR, so no WER to gate on
+
+
+def light_scoring(cfg, *extra: str):
     """For tests about stages, rows, servers and processes, not metrics: score with the plug-ins that read units and
     one audio model (DNSMOS), and no held-out ASR, so each process (and each killed and resumed one) loads less.
-    `knobs` sets more, e.g. light_scoring(cfg, **{"score.candidates": "all"})."""
-    from speechalign.config import save_config
+    `extra` are more `--set` overrides, e.g. 'score.candidates="all"'."""
+    from speechalign.config import load_config, save_config
 
-    cfg.score.metrics = ["unit_edit_distance", "length_ratio", "dnsmos"]
-    cfg.score.heldout_metrics = []
-    cfg.guard.gate_metrics = ["unit_edit_distance"]  # no ASR, no WER to gate on
-    for knob, value in knobs.items():
-        section, key = knob.split(".")
-        setattr(getattr(cfg, section), key, value)
-    save_config(cfg)
-    return cfg
+    light = load_config(overrides=[*LIGHT_SCORING, *extra], workdir=str(cfg.workdir))
+    save_config(light)
+    return light
 
 
 def _relocator(old: str, new: str):

@@ -34,7 +34,7 @@ def test_a_round_tracked_by_a_real_mlflow_server(tmp_path, store_url, bootstrap_
     from speechalign.preflight import prepare
 
     cfg = copy_bootstrap(bootstrap_template, tmp_path / "work", store_url, f'mlflow.tracking_uri="{mlflow_server}"')
-    light_scoring(cfg)  # this is about where runs, models and artifacts go, not the metrics
+    cfg = light_scoring(cfg)  # this is about where runs, models and artifacts go, not the metrics
     prepare(cfg)  # reaches the server's /health
     [result] = alignment_campaign(str(cfg.workdir), rounds=1)
     assert result.version == "1"

@@ -28,7 +28,7 @@ def prefect_server_on_postgres(tmp_path):
 @pytest.mark.parametrize("store_url", ["postgresql"], indirect=True)
 def test_a_round_on_a_prefect_server_backed_by_postgresql(bootstrapped, prefect_server_on_postgres):
     url, database = prefect_server_on_postgres
-    light_scoring(bootstrapped)  # this is about the server's database, not the metrics
+    bootstrapped = light_scoring(bootstrapped)  # this is about the server's database, not the metrics
     env = {**os.environ, "PREFECT_API_URL": url}  # as a user's shell points `speechalign round` at the server
     done = subprocess.run([sys.executable, "-c", "from speechalign.cli import main; raise SystemExit(main())",
                            "round", "--workdir", str(bootstrapped.workdir)], env=env, capture_output=True, text=True,

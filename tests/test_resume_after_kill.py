@@ -19,7 +19,7 @@ from tests.conftest import copy_bootstrap, light_scoring
 
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
-ALL = {"score.candidates": "all"}  # every sample decoded and scored: the decode and score stages have work
+ALL = 'score.candidates="all"'  # every sample decoded and scored: the decode and score stages have work
 FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end",
           "evaluate:end", "register:mid", "register:end", "promote:end"]
 
@@ -29,7 +29,7 @@ def baselined_template(tmp_path_factory, bootstrap_template, prefect_server):
     """The bootstrap template with round 0 (the baseline) done, once per test process: the kill hits round 1
     (round 0 has evaluate and register too), and no test runs round 0 again."""
     path = tmp_path_factory.mktemp("baselined")
-    cfg = light_scoring(copy_bootstrap(bootstrap_template, path / "work", f"sqlite:///{path / 'store.db'}"), **ALL)
+    cfg = light_scoring(copy_bootstrap(bootstrap_template, path / "work", f"sqlite:///{path / 'store.db'}"), ALL)
     baseline(str(cfg.workdir))
     return cfg
 
@@ -37,7 +37,7 @@ def baselined_template(tmp_path_factory, bootstrap_template, prefect_server):
 @pytest.fixture
 def bootstrapped(tmp_path, store_url, baselined_template):
     """A copy of the baselined template of one's own, on the given store."""
-    return light_scoring(copy_bootstrap(baselined_template, tmp_path / "work", store_url), **ALL)
+    return light_scoring(copy_bootstrap(baselined_template, tmp_path / "work", store_url), ALL)
 
 
 def kill_round_at(cfg, fault: str) -> None:
