@@ -5,14 +5,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from speechalign.config import Config, load_config
+from speechalign.errors import SetupError
 from speechalign.models.acoustic import is_saved_acoustic
 from speechalign.models.codec_lm import is_saved_policy
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import open_store
-
-
-class SetupError(RuntimeError):
-    """Something a command needs is not there yet; the message says which command makes it."""
 
 
 def load_flow_config(workdir: str, config_file: str | None, overrides: list[str] | None) -> Config:

@@ -20,6 +20,7 @@ from prefect import flow
 from prefect.artifacts import create_markdown_artifact
 
 from speechalign.config import Config
+from speechalign.errors import CampaignStopped
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.round_lock import CampaignRoundLock
 from speechalign.preference_store.schema import Campaign
@@ -121,9 +122,5 @@ def publish_round(cfg: Config, number: int) -> None:
     key = re.sub(r"[^a-z0-9-]+", "-", f"{cfg.campaign.name}-round-{number}".lower())
     create_markdown_artifact(markdown=format_round_markdown(campaign_report(cfg), number), key=key,
                              description=f"speechalign campaign {cfg.campaign.name}, round {number}")
-
-
-class CampaignStopped(RuntimeError):
-    """The collapse guard (guard.action = "stop") stopped the campaign; the message says why and how to go on."""
 
 

@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
-from sklearn.cluster import MiniBatchKMeans
 from speechtokenizer import SpeechTokenizer
 
 from speechalign.audio import log_mel
@@ -172,6 +171,8 @@ def fit_codebooks(codec: SpeechTokenizer, wavs: list[np.ndarray], seed: int, lay
     if len(feats) > max_frames:
         keep = torch.randperm(len(feats), generator=torch.Generator().manual_seed(seed))[:max_frames]
         feats = feats[keep]
+    from sklearn.cluster import MiniBatchKMeans  # noqa: PLC0415 - 2 s to import; only codec training fits codebooks
+
     residual = feats.clone()
     usage = []
     for number, layer in enumerate(codec.quantizer.vq.layers):

@@ -126,8 +126,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "listen":
         return cmd_listen(args)
     from speechalign.config import ConfigError
-    from speechalign.flows.common import SetupError
-    from speechalign.flows.round import CampaignStopped
+    from speechalign.errors import CampaignStopped, SetupError
     from speechalign.preference_store.round_lock import RoundBusy
     from speechalign.preflight import PreflightError
 

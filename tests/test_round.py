@@ -221,8 +221,8 @@ def test_a_second_trigger_while_a_round_runs_is_refused(bootstrapped, capsys):
 
 def test_a_campaign_the_guard_stopped_refuses_new_rounds(bootstrapped, capsys):
     from speechalign.cli import main
+    from speechalign.errors import CampaignStopped
     from speechalign.flows.common import ensure_campaign
-    from speechalign.flows.round import CampaignStopped
 
     cfg = bootstrapped
     store = open_store(cfg.store_url)
