@@ -16,7 +16,7 @@ import time
 
 from speechalign.config import load_config
 from speechalign.preference_store.store import open_store
-from speechalign.tasks.decode import KINDS, synthesizer
+from speechalign.tasks.decode import KINDS, decode_order, synthesizer, unit_frames
 
 
 def padded_frames(lengths: list[int], batch: int) -> int:
@@ -37,24 +37,24 @@ def main() -> None:
         raise SystemExit(f"{args.workdir} has no round {args.round} of campaign {cfg.campaign.name}: run `make demo`")
     samples = [s for s in store.samples(rnd.id) if s.kind in ("heldout", "probe")]
     speakers = {p.id: p.speaker for p in store.prompts()}
+    frames = unit_frames(cfg)
     orders = {"prompt order (before)": sorted(samples, key=lambda s: (KINDS.index(s.kind), s.prompt_id, s.k)),
-              "similar lengths (now)": sorted(samples, key=lambda s: (len(s.tokens), KINDS.index(s.kind),
-                                                                      s.prompt_id, s.k))}
+              "similar lengths (now)": decode_order(samples, frames)}
     synth, size = synthesizer(cfg), cfg.codec.decode_batch_size
-    synth.synthesize([samples[0].tokens], [speakers[samples[0].prompt_id]])  # warm-up
+    synth.synthesize([frames(samples[0])], [speakers[samples[0].prompt_id]])  # warm-up
     seconds: dict[str, list[float]] = {name: [] for name in orders}
     for _ in range(args.repeats):
         for name, ordered in orders.items():
             started = time.perf_counter()
             for i in range(0, len(ordered), size):
                 batch = ordered[i:i + size]
-                synth.synthesize([s.tokens for s in batch], [speakers[s.prompt_id] for s in batch], len(batch))
+                synth.synthesize([frames(s) for s in batch], [speakers[s.prompt_id] for s in batch], len(batch))
             seconds[name].append(time.perf_counter() - started)
-    frames = sum(len(s.tokens) for s in samples)
-    print(f"{len(samples)} samples of round {args.round}, {frames} frames, batches of {size}")
+    total = sum(len(frames(s)) for s in samples)
+    print(f"{len(samples)} samples of round {args.round}, {total} frames, batches of {size}")
     for name, ordered in orders.items():
-        padded = padded_frames([len(s.tokens) for s in ordered], size)
-        print(f"  {name:24s} frames decoded {padded:6d} ({padded / frames - 1:5.1%} padding)  "
+        padded = padded_frames([len(frames(s)) for s in ordered], size)
+        print(f"  {name:24s} frames decoded {padded:6d} ({padded / total - 1:5.1%} padding)  "
               f"median {statistics.median(seconds[name]):6.2f} s over {args.repeats}")
     before, now = (statistics.median(v) for v in seconds.values())
     print(f"speed-up of similar-length batches over prompt order: {before / now:.2f}x")

@@ -122,5 +122,3 @@ def publish_round(cfg: Config, number: int) -> None:
     key = re.sub(r"[^a-z0-9-]+", "-", f"{cfg.campaign.name}-round-{number}".lower())
     create_markdown_artifact(markdown=format_round_markdown(campaign_report(cfg), number), key=key,
                              description=f"speechalign campaign {cfg.campaign.name}, round {number}")
-
-

@@ -56,12 +56,9 @@ def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids:
     """Decode the samples (of round `number`) that have no WAV yet, in batches."""
     ids = tuple(sample_ids)
     prompts = {p.id: p for p in store.prompts()}
-    # batches of similar length (padding is decoder work thrown away: a third of it in the demo's held-out
-    # set in any other order), in an order that does not depend on the ids (a batch's padding touches its
-    # sequences' last frames)
     frames = unit_frames(cfg)
     silent = [s for s in store.samples_by_id(ids).values() if not (s.audio_path and Path(s.audio_path).is_file())]
-    samples = sorted(silent, key=lambda s: (len(frames(s)), KINDS.index(s.kind), s.prompt_id, s.k))
+    samples = decode_order(silent, frames)
     if not samples:
         return Audio(sample_ids=ids, decoded=0, skipped=0)
     synth = synthesizer(cfg)
@@ -79,6 +76,14 @@ def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids:
     return Audio(sample_ids=ids, decoded=len(samples) - len(failed), skipped=0, failed=failed,
                  audio_seconds=round(seconds, 1), seconds=round(wall, 1),
                  real_time_factor=round(wall / seconds, 4) if seconds else None)
+
+
+def decode_order(samples: list[Sample], frames) -> list[Sample]:
+    """The order samples are decoded in, cut into batches as it goes: by length, so a batch's sequences are of
+    similar length (padding is decoder work thrown away: a third of it in the demo's held-out set in prompt
+    order, benchmarks/decode_order.py), then by kind, prompt and index, never by id (a batch's padding touches
+    its sequences' last frames, so the order must not depend on how the store numbered them)."""
+    return sorted(samples, key=lambda s: (len(frames(s)), KINDS.index(s.kind), s.prompt_id, s.k))
 
 
 def decode_for_listening(cfg: Config, store: PreferenceStore, samples: list[Sample]) -> dict[int, str]:
