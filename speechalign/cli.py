@@ -79,6 +79,9 @@ def parser() -> argparse.ArgumentParser:
                                           "single:dnsmos_ovrl)")
     which.add_argument("--recipes", help="a TOML file, one table of knobs per recipe (see flows/ablation.py)")
     p.add_argument("--rounds", type=int, required=True, help="rounds per recipe")
+    p.add_argument("--against", metavar="RECIPE", help="also each recipe's change against this recipe's last round (or "
+                                                      "a campaign's, e.g. the default one), paired by held-out prompt: "
+                                                      "a recipe against its control")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p = sub.add_parser("policy", help="write a round's merged policy again, from the base model and the adapters")
     _common(p)
@@ -256,10 +259,13 @@ def cmd_ablate(args) -> int:
     _prepare(cfg)
     from pathlib import Path
 
-    from speechalign.report import ablation_report, format_ablation
+    from speechalign.preference_store.store import open_store
+    from speechalign.report import ablation_report, against_round, format_ablation
 
+    if args.against and args.against not in recipes:  # a campaign that must exist already: check before any round
+        against_round(open_store(cfg.store_url), {}, args.against)
     names = ablation(recipes=recipes, rounds=args.rounds, **_flow_args(cfg, args))
-    report = ablation_report(cfg, dict(zip(recipes, names)))
+    report = ablation_report(cfg, dict(zip(recipes, names)), args.against)
     out = Path(cfg.workdir) / f"ablation-{cfg.campaign.name}.json"
     out.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str) if args.json else f"{format_ablation(report)}\n\n(also in {out})")

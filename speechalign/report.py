@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import statistics
 
-from speechalign.config import Config
+from speechalign.config import Config, ConfigError
+from speechalign.intervals import changes
 from speechalign.listen.figures import listening_figures
 from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.judgments import judged_items
@@ -117,7 +118,7 @@ def change_cells(report: dict, against: str) -> list[list[str]]:
 def change_cell(row: dict, metric: str, against: str) -> str:
     key = f"heldout/{metric}"
     change, ci = row["change"].get(key, {}).get(against), row["ci"].get(key, {}).get(against)
-    return "-" if change is None else f"{change:+.3f} [{ci[0]:+.3f}, {ci[1]:+.3f}]"
+    return interval_cell(None if change is None else [change, *ci])
 
 
 CHANGE_TITLES = {"vs_base": "change against round 0 (the base model)", "vs_previous": "change against the round before"}
@@ -210,11 +211,18 @@ def aligned(cells: list[list[str]]) -> list[str]:
     return lines
 
 
-def ablation_report(cfg: Config, campaigns: dict[str, str]) -> dict:
+def ablation_report(cfg: Config, campaigns: dict[str, str], against: str | None = None) -> dict:
     """Per recipe of an ablation ({recipe: campaign}): its campaign's last completed round's held-out figures
     and their change against the base model with the 95% interval, its pairs, pair yield and guard and
-    promotion decisions; plus the base model's row (round 0)."""
+    promotion decisions; plus the base model's row (round 0).
+
+    With `against` (a recipe of `campaigns`, or any campaign of the store, e.g. the one the recipes vary),
+    each row also gets its change against that campaign's last completed round ("vs_against"), paired by
+    held-out prompt: every campaign of a work directory evaluates the same prompts with the same seeds, so
+    this is the interval of a recipe against its control (DPO against SFT on the same pairs), not two
+    intervals against the base model to compare by eye."""
     store = open_store(cfg.store_url)
+    reference, reference_prompts = against_round(store, campaigns, against) if against else (None, None)
     rows, base = [], None
     for recipe, name in campaigns.items():
         campaign = store.campaign(name)
@@ -237,8 +245,27 @@ def ablation_report(cfg: Config, campaigns: dict[str, str]) -> dict:
             "guard_flags": sum(d.get("guard") is not None and d["guard"].verdict == "flagged" for d in decisions),
             "promoted": sum(d.get("promotion") is not None and d["promotion"].verdict == "promoted" for d in decisions),
         })
+        if reference and last and name != reference["campaign"]:
+            rows[-1]["vs_against"] = {f"heldout/{m}": c for m, c in changes(last.per_prompt, reference_prompts).items()}
     metrics = sorted({k for r in rows + [base or {}] for k in r if k.startswith("heldout/")})
-    return {"rows": ([base] if base else []) + rows, "metrics": metrics, "directions": heldout_directions(cfg.score)}
+    return {"rows": ([base] if base else []) + rows, "metrics": metrics, "directions": heldout_directions(cfg.score),
+            **({"against": reference} if reference else {})}
+
+
+def against_round(store, campaigns: dict[str, str], against: str) -> tuple[dict, dict[str, dict[int, float]]]:
+    """The campaign `against` names (a recipe of this ablation, or a campaign's own name), its last completed
+    round, and that round's held-out figures per prompt."""
+    name = campaigns.get(against, against)
+    campaign = store.campaign(name)
+    if campaign is None:
+        raise ConfigError(f"--against {against!r}: no recipe of this ablation and no campaign of the store has that "
+                          f"name; give a recipe ({', '.join(campaigns)}) or a campaign "
+                          f"({', '.join(c.name for c in store.campaigns())})")
+    done = [r for r in store.rounds(campaign.id) if r.status == "completed"]
+    heldout = round_record(store, done[-1]).heldout if done else None
+    if heldout is None:
+        raise ConfigError(f"--against {against!r}: campaign {name} has no evaluated round yet; run it first")
+    return {"recipe": against, "campaign": name, "round": done[-1].number}, heldout.per_prompt
 
 
 def heldout(record) -> dict[str, float]:
@@ -266,4 +293,16 @@ def format_ablation(report: dict) -> str:
     if len(changed) > 1:
         lines += ["", "change against the base model, mean over held-out prompts [paired bootstrap 95% CI]",
                   *aligned(changed)]
+    if against := report.get("against"):
+        versus = [["recipe"] + [h for h, _ in CHANGED]]
+        for r in report["rows"]:
+            if r.get("vs_against"):
+                vs = r["vs_against"]
+                versus.append([str(r["recipe"])] + [interval_cell(vs.get(f"heldout/{m}")) for _, m in CHANGED])
+        lines += ["", f"change against {against['recipe']} (campaign {against['campaign']}, round {against['round']}), "
+                  "mean over held-out prompts [paired bootstrap 95% CI]", *aligned(versus)]
     return "\n".join(lines)
+
+
+def interval_cell(change: list[float] | None) -> str:
+    return "-" if change is None else f"{change[0]:+.3f} [{change[1]:+.3f}, {change[2]:+.3f}]"

@@ -51,3 +51,21 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
     assert all(p.margins["dnsmos_ovrl"] > 0 for p in store.pairs(first.id))
     assert main(args) == 0  # run again: both campaigns are done, nothing runs, the same table
     assert capsys.readouterr().out.splitlines()[3:6] == lines[3:6]
+
+    # a recipe against another (its control), paired by held-out prompt: the mean of the per-prompt differences
+    assert main([*args, "--against", "golden_vs_synthetic"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    at = next(i for i, line in enumerate(lines) if line.startswith("change against golden_vs_synthetic (campaign"))
+    [versus] = [line.split() for line in lines[at + 3:] if line.strip() and not line.startswith("(also")]
+    assert versus[0] == "single:dnsmos_ovrl"  # the control itself has no row
+    report = json.loads((cfg.workdir / f"ablation-{cfg.campaign.name}.json").read_text())
+    assert report["against"] == {"recipe": "golden_vs_synthetic", "campaign": gvs["campaign"], "round": 1}
+    lasts = [store.stages(store.rounds(store.campaign(r["campaign"]).id)[-1].id)["evaluate"].result["per_prompt"]
+             for r in (single, gvs)]
+    for metric in ("unit_edit_distance", "dnsmos_ovrl"):
+        now, before = lasts[0][metric], lasts[1][metric]
+        diffs = [now[p] - before[p] for p in now]
+        mean, low, high = report["rows"][2]["vs_against"][f"heldout/{metric}"]
+        assert mean == pytest.approx(sum(diffs) / len(diffs)) and low <= mean <= high
+    assert main([*args, "--against", "no-such-recipe"]) == 2  # named in the error, with the names it could be
+    assert "no-such-recipe" in capsys.readouterr().err
