@@ -246,7 +246,7 @@ def cmd_campaign(args) -> int:
 
 def cmd_ablate(args) -> int:
     from speechalign.config import ConfigError
-    from speechalign.flows.ablation import ablation, criteria_recipes, read_recipes
+    from speechalign.flows.ablation import ablation, campaign_name, criteria_recipes, read_recipes
 
     _require_workdir(args)
     if args.criteria is not None:
@@ -263,7 +263,8 @@ def cmd_ablate(args) -> int:
     from speechalign.report import ablation_report, against_round, format_ablation
 
     if args.against and args.against not in recipes:  # a campaign that must exist already: check before any round
-        against_round(open_store(cfg.store_url), {}, args.against)
+        named = {r: campaign_name(cfg.campaign.name, r) for r in recipes}
+        against_round(open_store(cfg.store_url), named, args.against)
     names = ablation(recipes=recipes, rounds=args.rounds, **_flow_args(cfg, args))
     report = ablation_report(cfg, dict(zip(recipes, names)), args.against)
     out = Path(cfg.workdir) / f"ablation-{cfg.campaign.name}.json"
