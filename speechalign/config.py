@@ -157,7 +157,7 @@ class ModelConfig(Section):
 
 
 class GenerateConfig(Section):
-    k: int = Field(4, ge=1, description="candidates per prompt")
+    k: int = Field(2, ge=1, description="candidates per prompt")
     prompts_per_round: int = Field(128, ge=0, description="0: every train prompt; else a seeded subset, new each round")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
@@ -261,9 +261,9 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    mode: Literal["sampled", "greedy"] = Field("sampled", description="sampled: as the candidates are made (the "
-                                                                      "generate section's sampling), with fixed "
-                                                                      "seeds; greedy: argmax decoding")
+    mode: Literal["sampled", "greedy"] = Field("greedy", description="greedy: one argmax sequence per prompt; "
+                                                                     "sampled: as the candidates are made (the "
+                                                                     "generate section's sampling), with fixed seeds")
     samples_per_prompt: int = Field(2, ge=1, description="sampled mode: samples per held-out prompt")
     probe_prompts: int = Field(16, ge=0, description="train probe: this many train prompts (a fixed seeded set) "
                                                      "are evaluated like the held-out ones; 0: none")
