@@ -3,6 +3,7 @@
     demo corpus (unless a manifest is given) -> codec -> golden tokens -> train/held-out split
     -> acoustic stage (layer-1 units -> all RVQ layers, for decoding to audio)
     -> base model (SFT on the train split's golden tokens)
+    -> ceiling (the held-out recordings, and their golden tokens decoded, scored: tasks/ceiling.py)
 
 Each step is skipped when its output already exists, so bootstrap can be run again safely
 (for example with a second manifest: only its new utterances are imported).
@@ -24,6 +25,7 @@ from speechalign.models.codec_lm import METADATA_FILE, is_saved_policy
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.acoustic_stage import train_acoustic_stage
 from speechalign.tasks.base_model import initial_model, supervised_finetune
+from speechalign.tasks.ceiling import measure_ceiling
 from speechalign.tasks.demo_corpus import build_demo_corpus
 from speechalign.tasks.import_corpus import import_corpus
 from speechalign.tasks.shipped import SHIPPED, recipe_fingerprint, take_shipped
@@ -73,6 +75,11 @@ def base_model(cfg: Config) -> dict:
     return lm.metadata
 
 
+@task(cache_policy=NO_CACHE)
+def ceiling(cfg: Config) -> dict:
+    return measure_ceiling(cfg, open_store(cfg.store_url))
+
+
 SHIPPED_BASE = SHIPPED / "demo_lm"
 
 
@@ -94,5 +101,6 @@ def bootstrap(workdir: str, config_file: str | None = None, overrides: list[str]
                            f"(train {len(store.prompts('train'))}, held-out {len(store.prompts('heldout'))})")
     acoustic = acoustic_stage(cfg)
     metadata = base_model(cfg)
+    reachable = ceiling(cfg)
     return {"manifest": manifest, "import": imported, "acoustic": acoustic, "base_model": str(cfg.layout.base_model),
-            "metadata": metadata}
+            "metadata": metadata, "ceiling": reachable}

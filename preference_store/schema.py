@@ -126,6 +126,22 @@ class Score(Base):
     error: Mapped[str | None] = mapped_column(Text, comment="why the metric failed on this sample")
 
 
+class CeilingScore(Base):
+    """The ceiling of a work directory's held-out prompts (tasks/ceiling.py): each recording as it is, and its
+    golden tokens decoded, scored once per scoring setup (`scoring`: a fingerprint of the plug-ins, their
+    options and the decoding path) and shared by every campaign on the corpus."""
+    __tablename__ = "ceiling_scores"
+    __table_args__ = (UniqueConstraint("prompt_id", "kind", "metric", "scoring"),)
+    id: Mapped[int] = mapped_column(primary_key=True)
+    prompt_id: Mapped[int] = mapped_column(ForeignKey("prompts.id"), index=True)
+    kind: Mapped[str] = mapped_column(String(16), comment="recording | golden_tokens")
+    metric: Mapped[str] = mapped_column(String(64))
+    scoring: Mapped[str] = mapped_column(String(64), comment="sha256 of the metric plug-ins, options and decoding")
+    value: Mapped[float | None] = mapped_column(Float)
+    error: Mapped[str | None] = mapped_column(Text, comment="why the metric failed on this item")
+    created_at: Mapped[datetime] = mapped_column(default=utcnow)
+
+
 class Pair(Base):
     __tablename__ = "pairs"
     __table_args__ = (UniqueConstraint("round_id", "chosen_sample_id", "rejected_sample_id", "criterion"),)

@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from speechalign.preference_store.schema import (
     Campaign,
+    CeilingScore,
     Checkpoint,
     ImportIssue,
     Pair,
@@ -287,6 +288,20 @@ class PreferenceStore:
             out: dict[int, dict[str, float | None]] = {}
             for sample_id, metric, value in s.execute(q):
                 out.setdefault(sample_id, {})[metric] = value
+            return out
+
+    def add_ceiling_scores(self, rows: list[dict]) -> None:
+        with self.session() as s:
+            insert_ignore(s, CeilingScore, rows, ["prompt_id", "kind", "metric", "scoring"])
+
+    def ceiling_scores(self, scoring: str) -> dict[tuple[str, int], dict[str, float | None]]:
+        """{(kind, prompt_id): {metric: value}} of one scoring setup's ceiling (value None where it failed)."""
+        with self.session() as s:
+            q = select(CeilingScore.kind, CeilingScore.prompt_id, CeilingScore.metric, CeilingScore.value).where(
+                CeilingScore.scoring == scoring)
+            out: dict[tuple[str, int], dict[str, float | None]] = {}
+            for kind, prompt_id, metric, value in s.execute(q):
+                out.setdefault((kind, prompt_id), {})[metric] = value
             return out
 
     def add_pairs(self, rows: list[dict]) -> None:

@@ -40,7 +40,7 @@ from speechalign.tasks.score import candidate_metrics
 from speechalign.tasks.stage import stage
 
 log = logging.getLogger(__name__)
-KINDS = ("golden", "candidate", "heldout", "probe", "recording")
+KINDS = ("golden", "candidate", "heldout", "probe")
 
 
 @stage
@@ -103,7 +103,7 @@ def unit_frames(cfg: Config):
     if not cfg.model.deduplicate:
         return lambda s: s.tokens
     run = json.loads((cfg.layout.base_model / METADATA_FILE).read_text())["mean_unit_run"]
-    return lambda s: s.tokens if s.kind in ("golden", "recording") else expand_runs(s.tokens, run)
+    return lambda s: s.tokens if s.kind == "golden" else expand_runs(s.tokens, run)
 
 
 def write_batch(layout: Layout, synth: Synthesizer, number: int, batch: list[Sample], prompts: dict,

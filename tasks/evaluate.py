@@ -13,7 +13,9 @@
 Held-out prompts never take part in pairs or training. The train probe tells "alignment does nothing"
 from "alignment does not generalise": its prompts are trained on. The policy's teacher-forced likelihood
 of the golden tokens (`golden_nll`) has no decoding noise. Round 0 also scores the ceiling, once: the
-held-out recordings themselves, and their golden tokens through the same decoding path as every sample.
+held-out recordings themselves, and their golden tokens through the same decoding path as every sample;
+bootstrap scored it for the work directory, so round 0 only reads it unless its scoring setup differs
+(tasks/ceiling.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from speechalign.models.sampling import Sampling, generate_units
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.seeds import derive_seed
+from speechalign.tasks.ceiling import measure_ceiling
 from speechalign.tasks.context import RoundContext
 from speechalign.tasks.decode import decode_samples
 from speechalign.tasks.distribution_gap import gap, gap_changes, save_projection
@@ -48,8 +51,7 @@ def evaluate(ctx: RoundContext, policy: str) -> Heldout:
     if not heldout:
         raise RuntimeError("the store has no held-out prompts; set corpus.heldout_fraction > 0 and bootstrap again")
     sampled = sample(cfg, store, round_id, lm, heldout, "heldout") + sample(cfg, store, round_id, lm, probe, "probe")
-    ceiling = add_ceiling_samples(store, round_id, heldout) if ctx.number == 0 else ()
-    audio = decode_samples(cfg, store, ctx.number, sampled + ceiling)
+    audio = decode_samples(cfg, store, ctx.number, sampled)
     scores = score_samples(cfg, store, round_id, audio.sample_ids, heldout_metrics(cfg), policy)
 
     per_prompt = prompt_figures(store, round_id, "heldout")
@@ -71,7 +73,7 @@ def evaluate(ctx: RoundContext, policy: str) -> Heldout:
         metrics={**means(per_prompt), **gap(golden, synthetic)}, per_prompt=per_prompt,
         changes={name: compared[record.number] for name, record in against.items()},
         probe=means(prompt_figures(store, round_id, "probe")),
-        ceiling={row: means(prompt_figures(store, round_id, kind)) for row, kind in CEILING.items() if ceiling},
+        ceiling=measure_ceiling(cfg, store) if ctx.number == 0 else {},
         decode=audio, score_failures=scores.failures)
 
 
@@ -117,19 +119,6 @@ def sample(cfg: Config, store: PreferenceStore, round_id: int, lm: CodecLM, prom
             progress.advance(len(batch))
     wanted = {p.id for p in prompts}
     return tuple(s.id for s in store.samples(round_id, kind) if s.prompt_id in wanted)
-
-
-CEILING = {"recording": "recording", "golden_tokens": "golden"}  # ceiling row -> the sample kind it scores
-
-
-def add_ceiling_samples(store: PreferenceStore, round_id: int, prompts: list[Prompt]) -> tuple[int, ...]:
-    """Round 0's ceiling: each held-out recording as it is (kind "recording"), and its golden tokens to be
-    decoded like any sample (kind "golden")."""
-    store.add_samples([{"round_id": round_id, "prompt_id": p.id, "kind": kind, "k": 0, "tokens": p.golden_tokens[0],
-                        "finished": True, "seed": None, "sampling": None,
-                        "audio_path": p.golden_audio_path if kind == "recording" else None}
-                       for p in prompts for kind in CEILING.values()])
-    return tuple(s.id for s in store.samples(round_id) if s.kind in CEILING.values())
 
 
 def prompt_figures(store: PreferenceStore, round_id: int, kind: str) -> dict[str, dict[int, float]]:

@@ -101,7 +101,7 @@ def as_item(sample: Sample, prompt, deduplicate: bool = False) -> ScoreItem:
     """A sample with its prompt's golden reference; a deduplicating model's units are compared with the golden
     units deduplicated."""
     golden = prompt.golden_tokens[0]
-    if deduplicate and sample.kind not in ("golden", "recording"):
+    if deduplicate and sample.kind != "golden":
         golden = [u for u, _ in groupby(golden)]
     return ScoreItem(tokens=sample.tokens, golden_tokens=golden, text=prompt.text, audio_path=sample.audio_path,
                      golden_audio_path=prompt.golden_audio_path, speaker=prompt.speaker)

@@ -11,7 +11,7 @@ from mlflow.tracking import MlflowClient
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.round import alignment_round
 from speechalign.models.codec_lm import load_codec_lm
-from speechalign.preference_store.schema import Pair, Sample, Score
+from speechalign.preference_store.schema import CeilingScore, Pair, Sample, Score
 from speechalign.preference_store.store import open_store
 from speechalign.report import campaign_report
 
@@ -53,20 +53,21 @@ def test_one_round_campaign(bootstrapped, capsys):
     assert c["golden"] == 19 and c["candidate"] == 19 * 2 and c["heldout"] == 5 * 2
     assert c["pairs"] == sum(1 for p in store.pairs(first.id))
     assert 0 < c["pairs"] <= 19 * 2
-    # round 0: 5 held-out prompts x 2 samples, 3 probe prompts x 2, and the ceiling: 5 recordings, 5 golden
+    # round 0: 5 held-out prompts x 2 samples, 3 probe prompts x 2
     kinds = [s.kind for s in store.samples(base.id)]
-    assert {k: kinds.count(k) for k in set(kinds)} == {"heldout": 10, "probe": 6, "recording": 5, "golden": 5}
+    assert {k: kinds.count(k) for k in set(kinds)} == {"heldout": 10, "probe": 6}
     # evaluated samples: UED, length ratio, log-likelihood, DNSMOS x3, speaker similarity, and ASR's CER and WER =
     # 9 values; round 1's golden and candidates under golden_vs_synthetic: the 2 values that read only the units
     # (UED, length ratio; no policy log-likelihood, no audio)
-    assert store.count(Score) == 9 * (26 + 10 + 6) + 2 * (19 + 38)
+    assert store.count(Score) == 9 * (16 + 10 + 6) + 2 * (19 + 38)
+    # the ceiling, scored at bootstrap and read by round 0: 5 recordings and 5 golden token sequences decoded, with
+    # the 8 values that belong to a sample (policy log-likelihood belongs to a model)
+    assert store.count(CeilingScore) == 8 * (5 + 5)
+    assert len(list((cfg.layout.corpus / "ceiling" / "model").glob("*.wav"))) == 5
     assert all(p.criterion == "golden_vs_synthetic" and p.source == "auto" for p in store.pairs(first.id))
-    prompts = {p.id: p for p in store.prompts()}
     for sample in store.samples(first.id) + store.samples(base.id):
         if sample.round_id == first.id and sample.kind in ("golden", "candidate"):  # nothing listens to them
             assert sample.audio_path is None
-        elif sample.kind == "recording":  # the ceiling: the recording itself
-            assert sample.audio_path == prompts[sample.prompt_id].golden_audio_path
         else:  # every evaluated sample decoded to a 16 kHz WAV
             info = sf.info(sample.audio_path)
             assert Path(sample.audio_path).is_relative_to(cfg.workdir) and info.samplerate == 16000

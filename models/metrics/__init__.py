@@ -77,6 +77,13 @@ def is_cheap(name: str) -> bool:
     return not registry[name].needs_audio and not getattr(registry[name], "uses_policy", False)
 
 
+def uses_policy(name: str) -> bool:
+    """The plug-in scores with the round's policy (policy_loglik): its value belongs to a model, not to a sample."""
+    registry = _registry()
+    _check(name, registry)
+    return getattr(registry[name], "uses_policy", False)
+
+
 def heldout_directions(score) -> dict[str, bool]:
     """Held-out figures that have a better side (reported-only ones like length_ratio are left out), for the
     campaign's [score] section."""

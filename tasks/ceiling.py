@@ -1,0 +1,117 @@
+"""The ceiling: what the held-out figures would be if the policy spoke exactly like the corpus.
+
+Two rows, scored with the held-out metric plug-ins (score.metrics + score.heldout_metrics):
+    recording       each held-out recording as it is (unit edit distance 0 by definition)
+    golden_tokens   its golden tokens through the same decoding path as every sample (acoustic stage +
+                    codec decoder): the best a policy whose units were the golden ones could sound
+
+Neither depends on a campaign or its model, only on the corpus, the codec, the acoustic stage and the
+scoring setup. So they are scored once per work directory and setup, and kept in the store's
+`ceiling_scores` keyed by a fingerprint of that setup (`scoring_fingerprint`): bootstrap scores them
+with the work directory's config, and a campaign's round 0 reads them, scoring them only if its own
+setup differs. Plug-ins that score with a policy (policy_loglik) are left out: their value belongs to
+a model. A resumed or repeated call scores only what is missing; one item that fails records its error
+and the rest go on.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import statistics
+from pathlib import Path
+from types import SimpleNamespace
+
+from speechalign.config import Config
+from speechalign.models.metrics import ScoreItem, get_metric, uses_policy, value_directions
+from speechalign.preference_store.schema import Prompt
+from speechalign.preference_store.store import PreferenceStore
+from speechalign.tasks.decode import synthesizer, write_wav
+from speechalign.tasks.progress import Progress
+from speechalign.tasks.score import heldout_metrics, score_batch
+
+log = logging.getLogger(__name__)
+ROWS = ("recording", "golden_tokens")
+
+
+def ceiling_metrics(cfg: Config) -> list[str]:
+    return [m for m in heldout_metrics(cfg) if not uses_policy(m)]
+
+
+def scoring_fingerprint(cfg: Config) -> str:
+    """sha256 of what the ceiling's values are made from besides the corpus: the plug-ins and their options,
+    and the decoding path (codec and acoustic stage files, decoding batch size)."""
+    options = cfg.score.model_dump(exclude={"metrics", "heldout_metrics", "candidates", "batch_size"})
+    digest = hashlib.sha256(json.dumps({"metrics": ceiling_metrics(cfg), "score": options,
+                                        "acoustic": cfg.codec.acoustic, "decode_batch": cfg.codec.decode_batch_size},
+                                       sort_keys=True, default=str).encode())
+    files = list(cfg.codec.files())
+    if cfg.codec.acoustic == "model":
+        files += sorted(p for p in Path(cfg.layout.acoustic).glob("*") if p.is_file())
+    for path in files:
+        digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
+    return digest.hexdigest()
+
+
+def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, float]]:
+    """{row: {value: mean over held-out prompts}}, scoring now only what the store does not hold yet."""
+    prompts = store.prompts("heldout")
+    scoring = scoring_fingerprint(cfg)
+    audio = {"recording": {p.id: p.golden_audio_path for p in prompts}, "golden_tokens": golden_wavs(cfg, prompts)}
+    for name in ceiling_metrics(cfg):
+        outputs = value_directions([name]).keys()
+        have = store.ceiling_scores(scoring)
+        todo = [(row, p) for row in ROWS for p in prompts
+                if p.id in audio[row] and not outputs <= have.get((row, p.id), {}).keys()]
+        if not todo:
+            continue
+        metric = get_metric(name, cfg.score)
+        size = max(1, cfg.score.batch_size)
+        with Progress(f"ceiling: {name} on {len(todo)} recordings and golden tokens", len(todo), "clip") as progress:
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                items = [item(p, audio[row][p.id]) for row, p in batch]
+                keys = [SimpleNamespace(id=n) for n in range(len(batch))]  # score_batch's rows name items by id
+                rows = score_batch(metric, keys, items)
+                store.add_ceiling_scores([{"prompt_id": batch[r["sample_id"]][1].id, "kind": batch[r["sample_id"]][0],
+                                           "metric": r["metric"], "scoring": scoring, "value": r["value"],
+                                           "error": r["error"]} for r in rows])
+                progress.advance(len(batch))
+    found = store.ceiling_scores(scoring)
+    return {row: means([found.get((row, p.id), {}) for p in prompts]) for row in ROWS}
+
+
+def item(prompt: Prompt, audio_path: str) -> ScoreItem:
+    return ScoreItem(tokens=prompt.golden_tokens[0], golden_tokens=prompt.golden_tokens[0], text=prompt.text,
+                     audio_path=audio_path, golden_audio_path=prompt.golden_audio_path, speaker=prompt.speaker)
+
+
+def golden_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
+    """The held-out golden tokens decoded, under the corpus's ceiling/ folder (decoded once; a prompt that fails
+    to decode is logged and left out)."""
+    folder = cfg.layout.corpus / "ceiling" / cfg.codec.acoustic
+    path = {p.id: folder / f"p{p.id}_golden_tokens.wav" for p in prompts}
+    todo = sorted((p for p in prompts if not path[p.id].is_file()), key=lambda p: (len(p.golden_tokens[0]), p.id))
+    if todo:
+        synth, size = synthesizer(cfg), cfg.codec.decode_batch_size
+        with Progress(f"ceiling: decode {len(todo)} golden token sequences", len(todo), "sample") as progress:
+            for start in range(0, len(todo), size):
+                batch = todo[start:start + size]
+                wavs = synth.synthesize_each([p.golden_tokens[0] for p in batch], [p.speaker for p in batch], size)
+                for p, wav in zip(batch, wavs):
+                    if isinstance(wav, Exception):
+                        log.warning("ceiling: golden tokens of %s not decoded: %s", p.utterance_id, wav)
+                    else:
+                        write_wav(path[p.id], wav, synth.sample_rate)
+                progress.advance(len(batch))
+    return {i: str(f) for i, f in path.items() if f.is_file()}
+
+
+def means(values: list[dict[str, float | None]]) -> dict[str, float]:
+    by_metric: dict[str, list[float]] = {}
+    for found in values:
+        for metric, value in found.items():
+            if value is not None:
+                by_metric.setdefault(metric, []).append(value)
+    return {m: statistics.fmean(v) for m, v in sorted(by_metric.items())}
