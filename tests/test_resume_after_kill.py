@@ -20,6 +20,8 @@ from tests.conftest import copy_bootstrap, light_scoring
 CLI = "from speechalign.cli import main; raise SystemExit(main())"
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
 ALL = 'score.candidates="all"'  # every sample decoded and scored: the decode and score stages have work
+# the killed round: 8 of the 19 train prompts, K=2, in generation batches of 8 (so "mid" falls between batches)
+ROUND = ["generate.prompts_per_round=8", "generate.batch_size=8"]
 FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end",
           "evaluate:end", "register:mid", "register:end", "promote:end"]
 
@@ -37,7 +39,7 @@ def baselined_template(tmp_path_factory, bootstrap_template, prefect_server):
 @pytest.fixture
 def bootstrapped(tmp_path, store_url, baselined_template):
     """A copy of the baselined template of one's own, on the given store."""
-    return light_scoring(copy_bootstrap(baselined_template, tmp_path / "work", store_url), ALL)
+    return light_scoring(copy_bootstrap(baselined_template, tmp_path / "work", store_url), ALL, *ROUND)
 
 
 def kill_round_at(cfg, fault: str) -> None:
@@ -65,10 +67,10 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     assert all(before[s].status == "completed" for s in STAGES[:STAGES.index(stage)])
     written = {(s.prompt_id, s.kind, s.k): (s.id, s.tokens) for s in store.samples(killed.id)}
     if fault == "generate:mid":
-        assert 0 < sum(k[1] == "candidate" for k in written) < 19 * 2  # some batches were written
+        assert 0 < sum(k[1] == "candidate" for k in written) < 8 * 2  # some batches were written
     decoded = {s.id: s.audio_path for s in store.samples(killed.id) if s.audio_path}
     if fault == "decode:mid":
-        assert 0 < len(decoded) < 19 * 3  # some WAVs were written and recorded
+        assert 0 < len(decoded) < 8 * 3  # some WAVs were written and recorded
 
     result = alignment_round(str(cfg.workdir))  # the next trigger: takes over the dead run's lock
     assert result.round == 1 and result.version == "1"
@@ -80,7 +82,7 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
 
     samples = store.samples(killed.id)
     kinds = [s.kind for s in samples]
-    assert (kinds.count("golden"), kinds.count("candidate"), kinds.count("heldout")) == (19, 38, 10)
+    assert (kinds.count("golden"), kinds.count("candidate"), kinds.count("heldout")) == (8, 16, 10)
     after = {(s.prompt_id, s.kind, s.k): (s.id, s.tokens) for s in samples}
     assert all(after[key] == value for key, value in written.items())  # nothing written before was lost
     assert all(s.audio_path and os.path.isfile(s.audio_path) for s in samples)  # every sample has its WAV
