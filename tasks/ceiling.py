@@ -21,7 +21,6 @@ import json
 import logging
 import statistics
 from pathlib import Path
-from types import SimpleNamespace
 
 from speechalign.config import Config
 from speechalign.models.metrics import ScoreItem, get_metric, uses_policy, value_directions
@@ -29,7 +28,7 @@ from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.tasks.decode import synthesizer, write_wav
 from speechalign.tasks.progress import Progress
-from speechalign.tasks.score import heldout_metrics, score_batch
+from speechalign.tasks.score import heldout_metrics, score_items, value_rows
 
 log = logging.getLogger(__name__)
 ROWS = ("recording", "golden_tokens")
@@ -71,12 +70,11 @@ def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, 
         with Progress(f"ceiling: {name} on {len(todo)} recordings and golden tokens", len(todo), "clip") as progress:
             for start in range(0, len(todo), size):
                 batch = todo[start:start + size]
-                items = [item(p, audio[row][p.id]) for row, p in batch]
-                keys = [SimpleNamespace(id=n) for n in range(len(batch))]  # score_batch's rows name items by id
-                rows = score_batch(metric, keys, items)
-                store.add_ceiling_scores([{"prompt_id": batch[r["sample_id"]][1].id, "kind": batch[r["sample_id"]][0],
-                                           "metric": r["metric"], "scoring": scoring, "value": r["value"],
-                                           "error": r["error"]} for r in rows])
+                results = score_items(metric, [item(p, audio[row][p.id]) for row, p in batch],
+                                      [f"{row} of {p.utterance_id}" for row, p in batch])
+                store.add_ceiling_scores([{"prompt_id": p.id, "kind": row, "scoring": scoring, **value}
+                                          for (row, p), result in zip(batch, results, strict=True)
+                                          for value in value_rows(metric, result)])
                 progress.advance(len(batch))
     found = store.ceiling_scores(scoring)
     return {row: means([found.get((row, p.id), {}) for p in prompts]) for row in ROWS}

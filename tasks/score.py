@@ -108,28 +108,44 @@ def as_item(sample: Sample, prompt, deduplicate: bool = False) -> ScoreItem:
 
 
 def score_batch(metric, samples: list[Sample], items: list[ScoreItem]) -> list[dict]:
-    """Score a batch; if the batch fails, score item by item so one bad sample costs only itself."""
+    """Score rows of a batch of samples (a failed sample's values NULL, with its error)."""
+    results = score_items(metric, items, [f"sample {s.id}" for s in samples])
+    return [{"sample_id": s.id, **row} for s, result in zip(samples, results, strict=True)
+            for row in value_rows(metric, result)]
+
+
+def score_items(metric, items: list[ScoreItem], names: list[str]) -> list[dict[str, float] | Exception]:
+    """Each item's values, or the exception it failed with: if the batch fails, item by item, so one bad item
+    costs only itself (`names` name them in the warning)."""
     try:
-        return [row for s, values in zip(samples, metric.score(items), strict=True)
-                for row in rows_for(metric, s, values)]
+        found = metric.score(items)
+        if len(found) != len(items):
+            raise RuntimeError(f"metric {metric.name} returned {len(found)} results for {len(items)} items")
+        return [checked(metric, values) for values in found]
     except Exception:  # noqa: BLE001 - isolate the failing items below
-        rows = []
-        for s, item in zip(samples, items):
+        out: list[dict[str, float] | Exception] = []
+        for item, name in zip(items, names, strict=True):
             try:
-                rows += rows_for(metric, s, metric.score([item])[0])
+                out.append(checked(metric, metric.score([item])[0]))
             except Exception as exc:  # noqa: BLE001
-                log.warning("metric %s failed on sample %s: %s", metric.name, s.id, exc)
-                rows += [{"sample_id": s.id, "metric": out, "value": None, "error": f"{exc.__class__.__name__}: {exc}"}
-                         for out in metric.outputs]
-        return rows
+                log.warning("metric %s failed on %s: %s", metric.name, name, exc)
+                out.append(exc)
+        return out
 
 
-def rows_for(metric, sample: Sample, values: dict[str, float]) -> list[dict]:
+def checked(metric, values: dict[str, float]) -> dict[str, float]:
     missing = metric.outputs.keys() - values.keys()
     if missing:
         raise RuntimeError(f"metric {metric.name} returned no {', '.join(sorted(missing))}")
-    return [{"sample_id": sample.id, "metric": out, "value": float(values[out]), "error": None}
-            for out in metric.outputs]
+    return values
+
+
+def value_rows(metric, result: dict[str, float] | Exception) -> list[dict]:
+    """One row per value of the plug-in: {"metric", "value", "error"}."""
+    if isinstance(result, Exception):
+        error = f"{result.__class__.__name__}: {result}"
+        return [{"metric": out, "value": None, "error": error} for out in metric.outputs]
+    return [{"metric": out, "value": float(result[out]), "error": None} for out in metric.outputs]
 
 
 def means(store: PreferenceStore, round_id: int, sample_ids: tuple[int, ...]) -> dict[str, float]:

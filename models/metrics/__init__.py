@@ -74,7 +74,7 @@ def is_cheap(name: str) -> bool:
     """The plug-in reads only the units: no audio, no model (unit edit distance, length ratio)."""
     registry = _registry()
     _check(name, registry)
-    return not registry[name].needs_audio and not getattr(registry[name], "uses_policy", False)
+    return not registry[name].needs_audio and not uses_policy(name)
 
 
 def uses_policy(name: str) -> bool:
@@ -108,8 +108,7 @@ def get_metric(name: str, options=None, policy: str | None = None) -> Metric:
     registry = _registry()
     _check(name, registry)
     options = options if options is not None else ScoreConfig()
-    uses_policy = getattr(registry[name], "uses_policy", False)
-    key = (name, json.dumps(vars(options), sort_keys=True, default=str), policy if uses_policy else None)
+    key = (name, json.dumps(vars(options), sort_keys=True, default=str), policy if uses_policy(name) else None)
     if key not in _CACHE:
         for old in [k for k in _CACHE if k[0] == name]:  # one instance per plug-in: models are big, policies change
             del _CACHE[old]
