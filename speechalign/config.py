@@ -267,6 +267,10 @@ class EvaluateConfig(Section):
     samples_per_prompt: int = Field(2, ge=1, description="sampled mode: samples per held-out prompt")
     probe_prompts: int = Field(16, ge=0, description="train probe: this many train prompts (a fixed seeded set) "
                                                      "are evaluated like the held-out ones; 0: none")
+    probe_metrics: list[str] = Field(
+        ["unit_edit_distance", "length_ratio", "policy_loglik", "asr"],
+        description="the plug-ins that score the train probe, of those that score held-out samples (the report shows "
+                    "its WER and UED); the held-out samples get every one")
     seed: int = Field(4321, description="seed of the evaluation samples (the same every round)")
 
 
@@ -316,10 +320,14 @@ class Config(Section):
 
     @model_validator(mode="after")
     def _criterion_ranks_by_scored_values(self) -> Config:
-        from speechalign.models.metrics import heldout_directions  # noqa: PLC0415 - the plug-ins' registry
+        from speechalign.models.metrics import heldout_directions, value_directions  # noqa: PLC0415 - the registry
         from speechalign.tasks.criteria import check_criterion  # noqa: PLC0415 - criteria live with the pairs stage
 
         check_criterion(self)
+        try:
+            value_directions(self.evaluate.probe_metrics)
+        except ValueError as error:
+            raise ValueError(f"evaluate.probe_metrics: {error}") from None
         known = heldout_directions(self.score)
         unknown = [m for m in self.guard.gate_metrics if m not in known]
         if unknown:

@@ -4,7 +4,8 @@
                                       candidates are (fixed seeds), or one greedy sequence; and the same on a
                                       fixed set of train prompts (the train probe)
     audio = decode_samples(...)       every one of them to a WAV
-    scores = score_samples(...)       every metric of score.metrics and score.heldout_metrics
+    scores = score_samples(...)       every metric of score.metrics and score.heldout_metrics; the probe's
+                                      those of evaluate.probe_metrics (WER and UED, which the report shows)
     figures                           per prompt, then their mean; the distribution gap between golden and
                                       sampled units (unit_kl, bigram_kl); each figure's change against round 0,
                                       the round before and the champion, with its paired bootstrap 95% interval
@@ -50,9 +51,12 @@ def evaluate(ctx: RoundContext, policy: str) -> Heldout:
     heldout, probe = store.prompts("heldout"), probe_prompts(cfg, store)
     if not heldout:
         raise RuntimeError("the store has no held-out prompts; set corpus.heldout_fraction > 0 and bootstrap again")
-    sampled = sample(cfg, store, round_id, lm, heldout, "heldout") + sample(cfg, store, round_id, lm, probe, "probe")
-    audio = decode_samples(cfg, store, ctx.number, sampled)
-    scores = score_samples(cfg, store, round_id, audio.sample_ids, heldout_metrics(cfg), policy)
+    sampled = {kind: sample(cfg, store, round_id, lm, prompts, kind) for kind, prompts in
+               (("heldout", heldout), ("probe", probe))}
+    audio = decode_samples(cfg, store, ctx.number, sampled["heldout"] + sampled["probe"])
+    failures = sum(score_samples(cfg, store, round_id, tuple(i for i in audio.sample_ids if i in set(sampled[kind])),
+                                 metrics, policy).failures
+                   for kind, metrics in (("heldout", heldout_metrics(cfg)), ("probe", probe_metrics(cfg))))
 
     per_prompt = prompt_figures(store, round_id, "heldout")
     per_prompt["golden_nll"] = golden_nll(lm, heldout, cfg.generate.batch_size)
@@ -74,7 +78,12 @@ def evaluate(ctx: RoundContext, policy: str) -> Heldout:
         changes={name: compared[record.number] for name, record in against.items()},
         probe=means(prompt_figures(store, round_id, "probe")),
         ceiling=measure_ceiling(cfg, store) if ctx.number == 0 else {},
-        decode=audio, score_failures=scores.failures)
+        decode=audio, score_failures=failures)
+
+
+def probe_metrics(cfg: Config) -> list[str]:
+    """The held-out plug-ins that also score the train probe (evaluate.probe_metrics)."""
+    return [m for m in heldout_metrics(cfg) if m in cfg.evaluate.probe_metrics]
 
 
 def round_samples(ctx: RoundContext, number: int) -> list:

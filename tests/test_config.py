@@ -58,6 +58,7 @@ def test_a_work_directory_written_before_tables_still_loads(tmp_path):
     ("train.loss_type=3", "train.loss_type = 3: Input should be a valid list"),
     ("generate.k=0", "generate.k = 0: Input should be greater than or equal to 1"),
     ("guard.tolerances.asr_wer=-1", "guard.tolerances: {'asr_wer': -1.0} : every entry is a metric name and a number"),
+    ("evaluate.probe_metrics=asr,wer", "evaluate.probe_metrics: unknown metric 'wer'; [score] metrics can be asr, "),
 ])
 def test_bad_knobs_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{")

@@ -56,10 +56,11 @@ def test_one_round_campaign(bootstrapped, capsys):
     # round 0: 5 held-out prompts x 2 samples, 3 probe prompts x 2
     kinds = [s.kind for s in store.samples(base.id)]
     assert {k: kinds.count(k) for k in set(kinds)} == {"heldout": 10, "probe": 6}
-    # evaluated samples: UED, length ratio, log-likelihood, DNSMOS x3, speaker similarity, and ASR's CER and WER =
-    # 9 values; round 1's golden and candidates under golden_vs_synthetic: the 2 values that read only the units
-    # (UED, length ratio; no policy log-likelihood, no audio)
-    assert store.count(Score) == 9 * (16 + 10 + 6) + 2 * (19 + 38)
+    # held-out samples of rounds 0 and 1: UED, length ratio, log-likelihood, DNSMOS x3, speaker similarity, and ASR's
+    # CER and WER = 9 values; their probe samples: UED, length ratio, log-likelihood, CER and WER = 5 (the default
+    # evaluate.probe_metrics); round 1's golden and candidates under golden_vs_synthetic: the 2 values that read only
+    # the units (UED, length ratio; no policy log-likelihood, no audio)
+    assert store.count(Score) == 9 * (10 + 10) + 5 * (6 + 6) + 2 * (19 + 38)
     # the ceiling, scored at bootstrap and read by round 0: 5 recordings and 5 golden token sequences decoded, with
     # the 8 values that belong to a sample (policy log-likelihood belongs to a model)
     assert store.count(CeilingScore) == 8 * (5 + 5)
