@@ -1,7 +1,10 @@
 """The ceiling: what the held-out figures would be if the policy spoke exactly like the corpus.
 
 Two rows, scored with the held-out metric plug-ins (score.metrics + score.heldout_metrics):
-    recording       each held-out recording as it is (unit edit distance 0 by definition)
+    recording       each held-out recording as the codec hears it: at the codec's sample rate, its last frame
+                    zero-padded to a whole one (under 20 ms of silence; its golden tokens cover it). Every
+                    sample is whole frames long too, and DNSMOS scores whole-frame clips in a third of the
+                    time (models/metrics/dnsmos.py). Unit edit distance 0 by definition.
     golden_tokens   its golden tokens through the same decoding path as every sample (acoustic stage +
                     codec decoder): the best a policy whose units were the golden ones could sound
 
@@ -22,8 +25,11 @@ import logging
 import statistics
 from pathlib import Path
 
+import numpy as np
+
 from speechalign.config import Config
 from speechalign.models.metrics import ScoreItem, get_metric, uses_policy, value_directions
+from speechalign.models.metrics.asr import read_audio
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.tasks.decode import synthesizer, write_wav
@@ -42,7 +48,7 @@ def scoring_fingerprint(cfg: Config) -> str:
     """sha256 of what the ceiling's values are made from besides the corpus: the plug-ins and their options,
     and the decoding path (codec and acoustic stage files, decoding batch size)."""
     options = cfg.score.model_dump(exclude={"metrics", "heldout_metrics", "candidates", "batch_size"})
-    digest = hashlib.sha256(json.dumps({"metrics": ceiling_metrics(cfg), "score": options,
+    digest = hashlib.sha256(json.dumps({"metrics": ceiling_metrics(cfg), "score": options, "recording": "frames",
                                         "acoustic": cfg.codec.acoustic, "decode_batch": cfg.codec.decode_batch_size},
                                        sort_keys=True, default=str).encode())
     files = list(cfg.codec.files())
@@ -57,7 +63,7 @@ def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, 
     """{row: {value: mean over held-out prompts}}, scoring now only what the store does not hold yet."""
     prompts = store.prompts("heldout")
     scoring = scoring_fingerprint(cfg)
-    audio = {"recording": {p.id: p.golden_audio_path for p in prompts}, "golden_tokens": golden_wavs(cfg, prompts)}
+    audio = {"recording": recording_wavs(cfg, prompts), "golden_tokens": golden_wavs(cfg, prompts)}
     for name in ceiling_metrics(cfg):
         outputs = value_directions([name]).keys()
         have = store.ceiling_scores(scoring)
@@ -83,6 +89,27 @@ def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, 
 def item(prompt: Prompt, audio_path: str) -> ScoreItem:
     return ScoreItem(tokens=prompt.golden_tokens[0], golden_tokens=prompt.golden_tokens[0], text=prompt.text,
                      audio_path=audio_path, golden_audio_path=prompt.golden_audio_path, speaker=prompt.speaker)
+
+
+def recording_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
+    """The held-out recordings at the codec's rate, zero-padded to whole codec frames, under the corpus's
+    ceiling/recording/ folder, named p<prompt id>_<recording's name> (written once). A recording that cannot
+    be read keeps its own path: each plug-in then records the error, naming it."""
+    folder = cfg.layout.corpus / "ceiling" / "recording"
+    path = {p.id: folder / f"p{p.id}_{Path(p.golden_audio_path).stem}.wav" for p in prompts}
+    todo = [p for p in prompts if not path[p.id].is_file()]
+    unread = {}
+    if todo:
+        synth = synthesizer(cfg)
+        for p in todo:
+            try:
+                wav = read_audio(p.golden_audio_path, synth.sample_rate)
+            except (OSError, RuntimeError, ValueError) as error:  # soundfile's LibsndfileError is a RuntimeError
+                log.warning("ceiling: recording of %s not read: %s", p.utterance_id, error)
+                unread[p.id] = p.golden_audio_path
+                continue
+            write_wav(path[p.id], np.pad(wav, (0, -len(wav) % synth.hop)), synth.sample_rate)
+    return {i: unread.get(i, str(f)) for i, f in path.items()}
 
 
 def golden_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
