@@ -98,12 +98,16 @@ def encoder_features(codec: SpeechTokenizer, wavs: list[np.ndarray], batch_size:
 
 @torch.inference_mode()
 def encode(codec: SpeechTokenizer, wavs: list[np.ndarray], batch_size: int = 16, on_batch=None) -> list[np.ndarray]:
-    """RVQ codes per waveform as int arrays of shape (n_q, frames)."""
-    codes = []
-    for feats in encoder_features(codec, wavs, batch_size, on_batch):
-        layer_codes = codec.quantizer.vq.encode(feats.T.unsqueeze(0), n_q=codec.n_q)  # (n_q, 1, T)
-        codes.append(layer_codes[:, 0, :].numpy().astype(np.int32))
-    return codes
+    """RVQ codes per waveform as int arrays of shape (n_q, frames). The quantizer treats each frame on its own, so
+    the frames of `batch_size` waveforms are quantized in one call, laid end to end (no padding)."""
+    feats = encoder_features(codec, wavs, batch_size, on_batch)
+    codes: list[np.ndarray | None] = [None] * len(feats)
+    for start in range(0, len(feats), batch_size):
+        group = feats[start:start + batch_size]
+        layer_codes = codec.quantizer.vq.encode(torch.cat(group).T.unsqueeze(0), n_q=codec.n_q)[:, 0]  # (n_q, T)
+        for i, part in enumerate(layer_codes.split([len(f) for f in group], dim=1), start=start):
+            codes[i] = part.numpy().astype(np.int32)
+    return codes  # type: ignore[return-value]
 
 
 @torch.inference_mode()
