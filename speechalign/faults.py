@@ -17,5 +17,5 @@ log = logging.getLogger(__name__)
 
 def fault_point(stage: str, point: str) -> None:
     if os.environ.get(FAULT_ENV) == f"{stage}:{point}":
-        log.warning("%s=%s: killing this process (SIGKILL)", FAULT_ENV, os.environ[FAULT_ENV])
+        log.warning("%s=%s, so this process is killed now (SIGKILL)", FAULT_ENV, os.environ[FAULT_ENV])
         os.kill(os.getpid(), signal.SIGKILL)
