@@ -61,12 +61,35 @@ def _prefect_for_tests_that_run_flows(request):
         request.getfixturevalue("prefect_server")
 
 
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The folder `name`, filled by `build(folder)` in one test process for all of them: pytest-xdist's workers
+    share the session's temporary root, the first takes a file lock and builds, the others wait and reuse it
+    (a build that fails leaves nothing, and the next worker tries again). For session fixtures whose product the
+    tests copy and never change."""
+    from filelock import FileLock
+
+    root = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        root = root.parent
+    folder, built = root / name, root / f"{name}.built"
+    with FileLock(str(root / f"{name}.lock")):
+        if not built.exists():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
 def espeak_corpus(tmp_path_factory) -> Path:
     """24 utterances in two espeak voices, with a manifest in the format users give."""
     from speechalign.tasks.demo_corpus import build_demo_corpus
 
-    return build_demo_corpus(tmp_path_factory.mktemp("corpus"), 24, ["en-us+m3", "en-gb+f3"], seed=7, speed=175)
+    def build(folder: Path) -> None:
+        build_demo_corpus(folder, 24, ["en-us+m3", "en-gb+f3"], seed=7, speed=175)
+
+    return built_once(tmp_path_factory, "corpus", build) / "manifest.jsonl"
 
 
 @pytest.fixture(scope="session")
@@ -125,18 +148,21 @@ def tiny_config(workdir: Path, store_url: str, manifest: Path, *extra: str):
 
 
 @pytest.fixture(scope="session")
-def bootstrap_template(tmp_path_factory, espeak_corpus):
-    """One `speechalign bootstrap` of the tiny model per test process: corpus imported, golden tokens,
-    acoustic stage and base model. Tests get a copy of it (`bootstrapped`), never the template itself."""
-    from speechalign.flows.bootstrap import bootstrap
-    from speechalign.preflight import prepare
+def bootstrap_template(tmp_path_factory, espeak_corpus, prefect_server):
+    """One `speechalign bootstrap` of the tiny model for the session (`built_once`): corpus imported, golden
+    tokens, acoustic stage, base model and ceiling. Tests get a copy of it (`bootstrapped`), never the template."""
+    from speechalign.config import load_config
 
-    tmp_path = tmp_path_factory.mktemp("template")
-    cfg = tiny_config(tmp_path / "work", f"sqlite:///{tmp_path / 'store.db'}", espeak_corpus, "prefect.task_retries=0")
-    prepare(cfg)
-    result = bootstrap(str(cfg.workdir))
-    assert result["import"]["imported"] == 24 and result["import"]["heldout"] == 5
-    return cfg
+    def build(folder: Path) -> None:
+        from speechalign.flows.bootstrap import bootstrap
+        from speechalign.preflight import prepare
+
+        cfg = tiny_config(folder / "work", f"sqlite:///{folder / 'store.db'}", espeak_corpus, "prefect.task_retries=0")
+        prepare(cfg)
+        result = bootstrap(str(cfg.workdir))
+        assert result["import"]["imported"] == 24 and result["import"]["heldout"] == 5
+
+    return load_config(workdir=str(built_once(tmp_path_factory, "template", build) / "work"))
 
 
 def copy_bootstrap(template, workdir: Path, store_url: str, *extra: str):

@@ -4,20 +4,18 @@ run again, and MLflow has one run and one model version for the round."""
 
 import os
 import signal
-import subprocess
-import sys
 
 import pytest
 from mlflow.tracking import MlflowClient
 
+from speechalign.config import load_config
 from speechalign.faults import FAULT_ENV
 from speechalign.flows.round import alignment_round, baseline
-from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Score
 from speechalign.preference_store.store import open_store
-from tests.conftest import copy_bootstrap, light_scoring
+from tests.conftest import built_once, copy_bootstrap, light_scoring
+from tests.forked_cli import run_cli
 
-CLI = "from speechalign.cli import main; raise SystemExit(main())"
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
 ALL = 'score.candidates="all"'  # every sample decoded and scored: the decode and score stages have work
 # the killed round: 8 of the 19 train prompts, K=2, in generation batches of 8 (so "mid" falls between batches)
@@ -28,12 +26,14 @@ FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end"
 
 @pytest.fixture(scope="session")
 def baselined_template(tmp_path_factory, bootstrap_template, prefect_server):
-    """The bootstrap template with round 0 (the baseline) done, once per test process: the kill hits round 1
-    (round 0 has evaluate and register too), and no test runs round 0 again."""
-    path = tmp_path_factory.mktemp("baselined")
-    cfg = light_scoring(copy_bootstrap(bootstrap_template, path / "work", f"sqlite:///{path / 'store.db'}"), ALL)
-    baseline(str(cfg.workdir))
-    return cfg
+    """The bootstrap template with round 0 (the baseline) done, once for the session (`built_once`): the kill hits
+    round 1 (round 0 has evaluate and register too), and no test runs round 0 again."""
+    def build(folder):
+        cfg = light_scoring(copy_bootstrap(bootstrap_template, folder / "work", f"sqlite:///{folder / 'store.db'}"),
+                            ALL)
+        baseline(str(cfg.workdir))
+
+    return load_config(workdir=str(built_once(tmp_path_factory, "baselined", build) / "work"))
 
 
 @pytest.fixture
@@ -43,12 +43,13 @@ def bootstrapped(tmp_path, store_url, baselined_template):
 
 
 def kill_round_at(cfg, fault: str) -> None:
+    """`speechalign round` in a process of its own (forked from a warm one), which SIGKILLs itself at `fault`."""
     from prefect.settings import PREFECT_API_URL
 
-    env = {**os.environ, FAULT_ENV: fault, "PREFECT_API_URL": PREFECT_API_URL.value()}
-    done = subprocess.run([sys.executable, "-c", CLI, "round", "--workdir", str(cfg.workdir)], env=env,
-                          capture_output=True, text=True, timeout=600)
-    assert done.returncode == -signal.SIGKILL, done.stdout[-3000:] + done.stderr[-3000:]
+    log = cfg.workdir / "killed-round.log"
+    env = {FAULT_ENV: fault, "PREFECT_API_URL": PREFECT_API_URL.value()}
+    code = run_cli(["round", "--workdir", str(cfg.workdir)], env, log)
+    assert code == -signal.SIGKILL, log.read_text()[-6000:]
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -87,9 +88,11 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     assert all(after[key] == value for key, value in written.items())  # nothing written before was lost
     assert all(s.audio_path and os.path.isfile(s.audio_path) for s in samples)  # every sample has its WAV
     assert all(s.audio_path == decoded[s.id] for s in samples if s.id in decoded)  # decoded once, kept
-    round0 = store.samples(store.rounds(campaign.id)[0].id)
-    values, extra = (len(value_directions(m)) for m in (cfg.score.metrics, cfg.score.heldout_metrics))
-    assert store.count(Score) == values * (len(round0) + len(samples)) + extra * (len(round0) + 10)
+    # light scoring: every sample gets UED, length ratio and DNSMOS x3 (5 values), a probe sample only UED and length
+    # ratio (the others of evaluate.probe_metrics are not scoring here)
+    evaluated = store.samples(store.rounds(campaign.id)[0].id) + samples
+    probes = sum(s.kind == "probe" for s in evaluated)
+    assert probes == 2 * 3 * 2 and store.count(Score) == 5 * (len(evaluated) - probes) + 2 * probes
     pairs = store.pairs(killed.id)
     assert len(pairs) == len({(p.chosen_sample_id, p.rejected_sample_id) for p in pairs}) > 0
 
