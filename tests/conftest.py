@@ -240,3 +240,15 @@ def _relocate_sqlite(name: str, workdir: Path, old: str) -> None:
 def bootstrapped(tmp_path, store_url, bootstrap_template):
     """A work directory after `speechalign bootstrap` with the tiny model, on the given store."""
     return copy_bootstrap(bootstrap_template, tmp_path / "work", store_url)
+
+
+def pytest_collection_modifyitems(items):
+    """Order for two xdist workers: tests that need no bootstrapped work directory fill the first half, then the
+    tests that do, then the rest of those that don't. Work stealing hands the first half of the list to one worker
+    and the second to the other, so one starts building the bootstrap template (`built_once`) at once while the
+    other runs tests that need none, instead of waiting on its lock; the short tests at the end are what the
+    workers steal from each other when one runs out."""
+    bound = [item for item in items if "bootstrap_template" in getattr(item, "fixturenames", ())]
+    free = [item for item in items if "bootstrap_template" not in getattr(item, "fixturenames", ())]
+    half = len(items) // 2
+    items[:] = free[:half] + bound + free[half:]

@@ -27,12 +27,15 @@ def prefect_artifact(key: str) -> str:
 
 
 def progress_artifacts() -> dict[str, float]:
-    """The progress artifacts on the (test) Prefect server: description -> percent done."""
+    """The newest progress artifacts on this test process's Prefect server (its tests run one at a time, so the newest
+    are this test's; the server returns 200 at most): description -> percent done."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+    from prefect.client.schemas.sorting import ArtifactSort
 
     with get_client(sync_client=True) as client:
-        found = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])))
+        found = client.read_artifacts(artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])),
+                                      sort=ArtifactSort.CREATED_DESC, limit=200)
     return {a.description: a.data for a in sorted(found, key=lambda a: a.created)}
 
 
