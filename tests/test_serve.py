@@ -34,7 +34,9 @@ def test_a_served_round_deployment_runs_when_triggered_by_hand(bootstrapped):
     from prefect.deployments import run_deployment
     from prefect.settings import PREFECT_API_URL
 
-    cfg = light_scoring(bootstrapped)  # this is about serving and triggering, not the metrics
+    # about serving and triggering, not the metrics; a campaign name of its own, so its deployment is not one that
+    # another test of this process deployed to the same server (test_prefect_yaml_deploys_... deploys "demo")
+    cfg = light_scoring(bootstrapped, 'campaign.name="served"')
     env = {**os.environ, "PREFECT_API_URL": PREFECT_API_URL.value()}
     proc = subprocess.Popen([sys.executable, "-c", CLI, "serve", "--workdir", str(cfg.workdir), "--cron", "0 3 * * *"],
                             env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
