@@ -54,9 +54,11 @@ def evaluate(ctx: RoundContext, policy: str) -> Heldout:
     sampled = {kind: sample(cfg, store, round_id, lm, prompts, kind) for kind, prompts in
                (("heldout", heldout), ("probe", probe))}
     audio = decode_samples(cfg, store, ctx.number, sampled["heldout"] + sampled["probe"])
-    failures = sum(score_samples(cfg, store, round_id, tuple(i for i in audio.sample_ids if i in set(sampled[kind])),
-                                 metrics, policy).failures
-                   for kind, metrics in (("heldout", heldout_metrics(cfg)), ("probe", probe_metrics(cfg))))
+    failures = 0
+    for kind, metrics in (("heldout", heldout_metrics(cfg)), ("probe", probe_metrics(cfg))):
+        ids = set(sampled[kind])
+        decoded = tuple(i for i in audio.sample_ids if i in ids)
+        failures += score_samples(cfg, store, round_id, decoded, metrics, policy).failures
 
     per_prompt = prompt_figures(store, round_id, "heldout")
     per_prompt["golden_nll"] = golden_nll(lm, heldout, cfg.generate.batch_size)
