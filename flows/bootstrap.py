@@ -2,7 +2,7 @@
 
     demo corpus (unless a manifest is given) -> codec -> golden tokens -> train/held-out split
     -> acoustic stage (layer-1 units -> all RVQ layers, for decoding to audio)
-    -> base model (SFT on the train split's golden tokens)
+    -> base model (SFT on the golden tokens of the 'sft' split, utterances alignment rounds never use)
     -> ceiling (the held-out recordings, and their golden tokens decoded, scored: tasks/ceiling.py)
 
 Each step is skipped when its output already exists, so bootstrap can be run again safely
@@ -44,7 +44,8 @@ def import_manifest(cfg: Config, manifest: str) -> dict:
     codec = load_codec(*cfg.codec.files())
     c = cfg.corpus
     return import_corpus(open_store(cfg.store_url), codec, Path(manifest), c.min_seconds, c.max_seconds,
-                         c.heldout_fraction, c.split_seed, cfg.layout.repaired_audio, cfg.codec.encode_batch_size)
+                         c.heldout_fraction, c.split_seed, cfg.layout.repaired_audio, cfg.codec.encode_batch_size,
+                         c.sft_fraction if cfg.model.sft_epochs > 0 else 0.0)
 
 
 @task(cache_policy=NO_CACHE)
@@ -59,7 +60,7 @@ def base_model(cfg: Config) -> dict:
         log.info("bootstrap: base model already in %s", out)
         return json.loads((out / METADATA_FILE).read_text())
     store = open_store(cfg.store_url)
-    train = store.prompts("train")
+    train = sft_prompts(store)
     fingerprint = base_model_fingerprint(cfg, train)
     shipped = json.loads((SHIPPED_BASE / METADATA_FILE).read_text()).get("fingerprint") \
         if is_saved_policy(SHIPPED_BASE) else None
@@ -81,6 +82,12 @@ def ceiling(cfg: Config) -> dict:
 
 
 SHIPPED_BASE = SHIPPED / "demo_lm"
+
+
+def sft_prompts(store) -> list:
+    """What the base model's SFT learns from: the 'sft' split (corpus.sft_fraction), or the whole train split of
+    a store imported without one."""
+    return store.prompts("sft") or store.prompts("train")
 
 
 def base_model_fingerprint(cfg: Config, train: list) -> str:

@@ -35,7 +35,7 @@ class Prompt(Base):
     golden_tokens: Mapped[list] = mapped_column(comment="all RVQ layers, [layer][frame]")
     num_frames: Mapped[int] = mapped_column(Integer)
     duration_s: Mapped[float] = mapped_column(Float)
-    split: Mapped[str] = mapped_column(String(16), index=True, comment="train | heldout")
+    split: Mapped[str] = mapped_column(String(16), index=True, comment="train | sft | heldout")
     created_at: Mapped[datetime] = mapped_column(default=utcnow)
 
 

@@ -90,6 +90,12 @@ class CorpusConfig(Section):
     min_seconds: float = Field(0.3, ge=0, description="shorter recordings are skipped (and recorded as such)")
     max_seconds: float = Field(20.0, gt=0, description="longer recordings are skipped (and recorded as such)")
     split_seed: int = Field(0, description="seed of the train/held-out split")
+    sft_fraction: float = Field(
+        0.5, ge=0, lt=1, description="share of the non-held-out utterances that only the base model's SFT at bootstrap "
+        "learns from (split 'sft'); alignment rounds draw their prompts from the rest, utterances the base model never "
+        "saw. Golden-vs-synthetic pairs carry signal only where the model's samples differ from golden, and a small "
+        "model memorises what it was fine-tuned on. Unused (0) when model.sft_epochs = 0: a model you bring as it is "
+        "aligns on the whole train split")
 
 
 class DemoConfig(Section):

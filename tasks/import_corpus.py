@@ -126,22 +126,27 @@ def load_row_audio(path: Path, sample_rate: int, line: int, utt: str,
     return mono.astype(np.float32), repaired
 
 
-def assign_splits(utterance_ids: list[str], heldout_fraction: float, seed: int) -> dict[str, str]:
-    """A seeded shuffle; the first ceil(fraction * n) are held out (at least one if any fraction is asked)."""
+def assign_splits(utterance_ids: list[str], heldout_fraction: float, seed: int,
+                  sft_fraction: float = 0.0) -> dict[str, str]:
+    """A seeded shuffle; the first ceil(fraction * n) are held out (at least one if any fraction is asked), then
+    ceil(sft_fraction * the rest) go to the base model's SFT alone ("sft"), and the others are the prompts alignment
+    rounds draw from ("train"). The held-out utterances are the same whatever sft_fraction is."""
     order = sorted(utterance_ids)
     random.Random(seed).shuffle(order)
     n_held = int(np.ceil(heldout_fraction * len(order))) if heldout_fraction > 0 else 0
-    return {u: ("heldout" if i < n_held else "train") for i, u in enumerate(order)}
+    n_sft = int(np.ceil(sft_fraction * (len(order) - n_held)))
+    return {u: "heldout" if i < n_held else "sft" if i < n_held + n_sft else "train" for i, u in enumerate(order)}
 
 
 def import_corpus(store: PreferenceStore, codec, manifest: Path, min_seconds: float, max_seconds: float,
-                  heldout_fraction: float, split_seed: int, repaired_dir: Path, batch_size: int = 16) -> dict:
+                  heldout_fraction: float, split_seed: int, repaired_dir: Path, batch_size: int = 16,
+                  sft_fraction: float = 0.0) -> dict:
     """Import `manifest` into the store with golden tokens of every layer; return counts and problems."""
     manifest = manifest.resolve()
     rows, problems = read_manifest(manifest, codec.sample_rate, min_seconds, max_seconds, repaired_dir)
     known = store.known_utterances()
     new = [r for r in rows if r.utterance_id not in known]
-    splits = assign_splits([r.utterance_id for r in new], heldout_fraction, split_seed)
+    splits = assign_splits([r.utterance_id for r in new], heldout_fraction, split_seed, sft_fraction)
     with Progress(f"import: golden tokens of {len(new)} recordings", len(new), "recording") as progress:
         codes = encode(codec, [r.audio for r in new], batch_size, on_batch=progress.advance)
     store.add_prompts([
@@ -155,6 +160,7 @@ def import_corpus(store: PreferenceStore, codec, manifest: Path, min_seconds: fl
         log.warning("%s: %s", manifest.name, p)
     return {"rows_ok": len(rows), "imported": len(new), "already_known": len(rows) - len(new),
             "heldout": sum(1 for s in splits.values() if s == "heldout"),
+            "sft": sum(1 for s in splits.values() if s == "sft"),
             "skipped": sum(1 for p in problems if p.action == "skipped"),
             "repaired": sorted({p.utterance_id for p in problems if p.action != "skipped"}),
             "problems": [str(p) for p in problems]}

@@ -66,3 +66,11 @@ def test_split_holds_out_at_least_the_fraction_and_is_stable():
     split = assign_splits(ids, 0.1, seed=3)
     assert sum(v == "heldout" for v in split.values()) == 30
     assert assign_splits(list(reversed(ids)), 0.1, seed=3) == split
+
+
+def test_the_sft_split_comes_out_of_the_train_split_and_leaves_the_held_out_split_as_it_was():
+    ids = [f"u{i}" for i in range(300)]
+    plain, with_sft = assign_splits(ids, 0.1, seed=3), assign_splits(ids, 0.1, seed=3, sft_fraction=0.5)
+    assert {u for u, s in with_sft.items() if s == "heldout"} == {u for u, s in plain.items() if s == "heldout"}
+    assert sum(s == "sft" for s in with_sft.values()) == 135 and sum(s == "train" for s in with_sft.values()) == 135
+    assert all(plain[u] == "train" for u, s in with_sft.items() if s == "sft")

@@ -18,7 +18,7 @@ from tests.forked_cli import run_cli
 
 STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
 ALL = 'score.candidates="all"'  # every sample decoded and scored: the decode and score stages have work
-# the killed round: 8 of the 19 train prompts, K=2, in generation batches of 8 (so "mid" falls between batches)
+# the killed round: 8 of the 9 train prompts, K=2, in generation batches of 8 (so "mid" falls between batches)
 ROUND = ["generate.prompts_per_round=8", "generate.batch_size=8"]
 FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end",
           "evaluate:end", "register:mid", "register:end", "promote:end"]

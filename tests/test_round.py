@@ -1,6 +1,7 @@
 """A one-round campaign on tiny real models, on SQLite and PostgreSQL, and a round that fails and
 resumes from its last completed stage."""
 
+import json
 from pathlib import Path
 
 import pytest
@@ -10,7 +11,7 @@ from mlflow.tracking import MlflowClient
 
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.round import alignment_round
-from speechalign.models.codec_lm import load_codec_lm
+from speechalign.models.codec_lm import METADATA_FILE, load_codec_lm
 from speechalign.preference_store.schema import CeilingScore, Pair, Sample, Score
 from speechalign.preference_store.store import open_store
 from speechalign.report import campaign_report
@@ -52,10 +53,18 @@ def test_one_round_campaign(bootstrapped, capsys):
     campaign = store.campaign(cfg.campaign.name)
     base, first = store.rounds(campaign.id)
     assert (base.number, first.number, first.status) == (0, 1, "completed")
+    # 24 utterances: 5 held out, then corpus.sft_fraction = 0.5 of the other 19 for the base model's SFT alone (10),
+    # and the 9 left are the prompts rounds draw from
+    splits = [p.split for p in store.prompts()]
+    assert {s: splits.count(s) for s in set(splits)} == {"heldout": 5, "sft": 10, "train": 9}
+    assert json.loads((cfg.layout.base_model / METADATA_FILE).read_text())["sft"]["utterances"] == 10
+    prompts = {p.id: p for p in store.prompts()}
+    assert {prompts[s.prompt_id].split for s in store.samples(first.id) if s.kind in ("golden", "candidate")} == \
+        {"train"}
     c = counts(store, first.id)
-    assert c["golden"] == 19 and c["candidate"] == 19 * 2 and c["heldout"] == 5 * 2
+    assert c["golden"] == 9 and c["candidate"] == 9 * 2 and c["heldout"] == 5 * 2
     assert c["pairs"] == sum(1 for p in store.pairs(first.id))
-    assert 0 < c["pairs"] <= 19 * 2
+    assert 0 < c["pairs"] <= 9 * 2
     # round 0: 5 held-out prompts x 2 samples, 3 probe prompts x 2
     kinds = [s.kind for s in store.samples(base.id)]
     assert {k: kinds.count(k) for k in set(kinds)} == {"heldout": 10, "probe": 6}
@@ -63,7 +72,7 @@ def test_one_round_campaign(bootstrapped, capsys):
     # CER and WER = 9 values; their probe samples: UED, length ratio, log-likelihood, CER and WER = 5 (the default
     # evaluate.probe_metrics); round 1's golden and candidates under golden_vs_synthetic: the 2 values that read only
     # the units (UED, length ratio; no policy log-likelihood, no audio)
-    assert store.count(Score) == 9 * (10 + 10) + 5 * (6 + 6) + 2 * (19 + 38)
+    assert store.count(Score) == 9 * (10 + 10) + 5 * (6 + 6) + 2 * (9 + 18)
     # the ceiling, scored at bootstrap and read by round 0: 5 recordings and 5 golden token sequences decoded, with
     # the 8 values that belong to a sample (policy log-likelihood belongs to a model)
     assert store.count(CeilingScore) == 8 * (5 + 5)
@@ -203,7 +212,7 @@ def test_a_failed_round_resumes_from_its_last_completed_stage(bootstrapped):
     after = counts(store, failed.id)
     kept = ("golden", "candidate", "pairs")
     assert {k: after[k] for k in kept} == {k: before[k] for k in kept}
-    assert store.count(Sample, round_id=failed.id, kind="candidate") == 19 * 2
+    assert store.count(Sample, round_id=failed.id, kind="candidate") == 9 * 2
     client = MlflowClient(cfg.tracking_uri)
     assert len(client.search_model_versions(f"name='{cfg.registered_model}'")) == 1
 
