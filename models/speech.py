@@ -1,4 +1,5 @@
-"""From codec LM units to audio: the acoustic stage fills in RVQ layers 2..8, the codec's decoder makes the waveform.
+"""From codec LM units to audio: the acoustic stage predicts the latent all RVQ layers would sum to, the codec's
+decoder makes the waveform.
 
 `acoustic = "model"` uses the acoustic stage bootstrap trained (SoundStorm's role in SpeechAlign);
 `acoustic = "layer1_only"` decodes layer 1 by itself (the other layers left out of the RVQ sum),
@@ -19,8 +20,8 @@ class Synthesizer:
         self.codec, self.acoustic = codec, acoustic
         self.hop, self.sample_rate = int(codec.downsample_rate), int(codec.sample_rate)
 
-    def codes(self, units: list[list[int]], speakers: list[str | None]) -> list[np.ndarray]:
-        """RVQ codes (layers, frames) per unit sequence: all layers with the acoustic stage, else layer 1 alone."""
+    def latents(self, units: list[list[int]], speakers: list[str | None]) -> list[np.ndarray]:
+        """The decoder's input (dimension, frames) per unit sequence: the acoustic stage's, else layer 1's codes."""
         bins = int(self.codec.quantizer.bins)
         for u in units:
             bad = [x for x in u if not 0 <= x < bins]
@@ -28,36 +29,47 @@ class Synthesizer:
                 raise ValueError(f"unit {bad[0]} is outside the codec's codebook (0..{bins - 1}): the policy's "
                                  "speech vocabulary does not match the codec; bootstrap the model with this codec")
         if self.acoustic is None:
-            return [np.asarray(u, dtype=np.int32)[None, :] for u in units]
+            return self.code_latents([np.asarray(u, dtype=np.int64)[None, :] for u in units])
         return self.acoustic.predict(units, speakers)
 
     @torch.inference_mode()
-    def decode(self, codes: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
-        """Waveforms (float32) for codes of shape (layers, frames), decoded in batches of similar length.
+    def code_latents(self, codes: list[np.ndarray]) -> list[np.ndarray]:
+        """The RVQ's quantized latent (dimension, frames) of codes (layers, frames): the sum of the given layers'
+        codebook vectors (layers from 1)."""
+        return [self.codec.quantizer.decode(torch.as_tensor(np.asarray(c), dtype=torch.long)[:, None])[0].numpy()
+                for c in codes]
+
+    @torch.inference_mode()
+    def decode(self, latents: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+        """Waveforms (float32) for latents of shape (dimension, frames), decoded in batches of similar length.
 
         The decoder is convolutional with a forward LSTM: zero padding after a sequence reaches back only
         through the convolutions' look-ahead, a few frames at its end (the tests bound it at 10); the
         output is trimmed to frames * hop."""
-        out: list[np.ndarray | None] = [None] * len(codes)
-        order = sorted(range(len(codes)), key=lambda i: codes[i].shape[1])
+        out: list[np.ndarray | None] = [None] * len(latents)
+        order = sorted(range(len(latents)), key=lambda i: latents[i].shape[1])
         for start in range(0, len(order), batch_size):
-            idx = [i for i in order[start:start + batch_size] if codes[i].shape[1] > 0]
+            idx = [i for i in order[start:start + batch_size] if latents[i].shape[1] > 0]
             for i in order[start:start + batch_size]:
-                if codes[i].shape[1] == 0:
+                if latents[i].shape[1] == 0:
                     out[i] = np.zeros(0, dtype=np.float32)  # the LM ended at once: an empty clip, scored as such
             if not idx:
                 continue
-            layers, longest = codes[idx[0]].shape[0], max(codes[i].shape[1] for i in idx)
-            batch = torch.zeros(layers, len(idx), longest, dtype=torch.long)
+            longest = max(latents[i].shape[1] for i in idx)
+            batch = torch.zeros(len(idx), latents[idx[0]].shape[0], longest)
             for row, i in enumerate(idx):
-                batch[:, row, : codes[i].shape[1]] = torch.from_numpy(codes[i].astype(np.int64))
-            wav = self.codec.decoder(self.codec.quantizer.decode(batch))[:, 0]
+                batch[row, :, : latents[i].shape[1]] = torch.from_numpy(latents[i])
+            wav = self.codec.decoder(batch)[:, 0]
             for row, i in enumerate(idx):
-                out[i] = wav[row, : codes[i].shape[1] * self.hop].numpy().astype(np.float32)
+                out[i] = wav[row, : latents[i].shape[1] * self.hop].numpy().astype(np.float32)
         return out  # type: ignore[return-value]
 
+    def decode_codes(self, codes: list[np.ndarray], batch_size: int = 16) -> list[np.ndarray]:
+        """Waveforms for RVQ codes (layers, frames): all layers of a recording, or layer 1 alone."""
+        return self.decode(self.code_latents(codes), batch_size)
+
     def synthesize(self, units: list[list[int]], speakers: list[str | None], batch_size: int = 16) -> list[np.ndarray]:
-        return self.decode(self.codes(units, speakers), batch_size)
+        return self.decode(self.latents(units, speakers), batch_size)
 
     def synthesize_each(self, units: list[list[int]], speakers: list[str | None],
                         batch_size: int = 16) -> list[np.ndarray | Exception]:

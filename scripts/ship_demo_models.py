@@ -20,7 +20,7 @@ from speechalign.config import load_config
 from speechalign.models.acoustic import CONFIG_NAME
 from speechalign.models.codec_lm import METADATA_FILE
 from speechalign.preference_store.store import open_store
-from speechalign.tasks.acoustic_stage import SHIPPED_STAGE, stage_config, stage_fingerprint
+from speechalign.tasks.acoustic_stage import SHIPPED_STAGE, stage_config, stage_fingerprint, training_prompts
 
 
 def stamp(src: Path, dst: Path, metadata_file: str, key_path: list[str], fingerprint: str) -> None:
@@ -42,12 +42,13 @@ def main() -> None:
     cfg = load_config(workdir=args.workdir)
     if cfg.corpus.manifest or cfg.codec.config_path or cfg.model.base_model:
         raise SystemExit("only the demo's own recipe ships: the demo corpus, the demo codec and the demo model")
-    from speechalign.flows.bootstrap import SHIPPED_BASE, base_model_fingerprint  # noqa: PLC0415
+    from speechalign.flows.bootstrap import SHIPPED_BASE, base_model_fingerprint, sft_prompts  # noqa: PLC0415
 
-    train = open_store(cfg.store_url).prompts("train")
+    store = open_store(cfg.store_url)
+    train = training_prompts(store)
     stamp(cfg.layout.acoustic, SHIPPED_STAGE, CONFIG_NAME, ["training"],
           stage_fingerprint(cfg, stage_config(cfg, train), train))
-    stamp(cfg.layout.base_model, SHIPPED_BASE, METADATA_FILE, [], base_model_fingerprint(cfg, train))
+    stamp(cfg.layout.base_model, SHIPPED_BASE, METADATA_FILE, [], base_model_fingerprint(cfg, sft_prompts(store)))
 
 
 if __name__ == "__main__":

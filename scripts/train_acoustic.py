@@ -1,6 +1,6 @@
 """Train the acoustic stage (models/acoustic.py) on a machine with a GPU: how the shipped one is made.
 
-    # here, on a bootstrapped demo work directory: the train split's golden tokens and the recipe's fingerprint
+    # here, on a bootstrapped demo work directory: the golden layer-1 units and latents and the recipe's fingerprint
     .venv/bin/python scripts/train_acoustic.py export --workdir speechalign-demo --out acoustic-data.npz
     # on the GPU machine (torch, numpy and safetensors are all it needs)
     python scripts/train_acoustic.py train --data acoustic-data.npz --out acoustic --device cuda
@@ -25,15 +25,21 @@ REPO = Path(__file__).resolve().parents[1]
 
 def export(args) -> None:
     from speechalign.config import load_config
+    from speechalign.models.codec import load_codec
+    from speechalign.models.speech import Synthesizer
     from speechalign.preference_store.store import open_store
-    from speechalign.tasks.acoustic_stage import stage_config, stage_fingerprint
+    from speechalign.tasks.acoustic_stage import stage_config, stage_fingerprint, training_prompts
 
     cfg = load_config(workdir=args.workdir, overrides=args.overrides)
     store = open_store(cfg.store_url)
-    train, heldout = store.prompts("train"), store.prompts("heldout")
+    train, heldout = training_prompts(store), store.prompts("heldout")
     config = stage_config(cfg, train)
-    arrays = {f"train_{i}": np.asarray(p.golden_tokens, np.int16) for i, p in enumerate(train)}
-    arrays |= {f"heldout_{i}": np.asarray(p.golden_tokens, np.int16) for i, p in enumerate(heldout)}
+    latents = Synthesizer(load_codec(*cfg.codec.files()), None).code_latents
+    arrays = {}
+    for split, prompts in (("train", train), ("heldout", heldout)):
+        arrays |= {f"{split}_units_{i}": np.asarray(p.golden_tokens[0], np.int16) for i, p in enumerate(prompts)}
+        arrays |= {f"{split}_latent_{i}": z for i, z in
+                   enumerate(latents([np.asarray(p.golden_tokens) for p in prompts]))}
     recipe = {"config": config.__dict__, "steps": cfg.codec.acoustic_steps, "seed": cfg.model.seed,
               "fingerprint": stage_fingerprint(cfg, config, train),
               "train_speakers": [p.speaker for p in train], "heldout_speakers": [p.speaker for p in heldout]}
@@ -43,20 +49,21 @@ def export(args) -> None:
 
 def train(args) -> None:
     sys.path.insert(0, str(REPO / "models"))  # acoustic.py alone: no speechalign install needed
-    from acoustic import AcousticConfig, layer_accuracy, train_acoustic
+    from acoustic import AcousticConfig, latent_error, train_acoustic
 
     data = np.load(args.data)
     recipe = json.loads(str(data["recipe"]))
-    golden = [data[k].astype(np.int64) for k in sorted((k for k in data if k.startswith("train_")),
-                                                         key=lambda k: int(k.split("_")[1]))]
-    heldout = [data[k].astype(np.int64) for k in sorted((k for k in data if k.startswith("heldout_")),
-                                                          key=lambda k: int(k.split("_")[1]))]
+
+    def arrays(prefix: str) -> list[np.ndarray]:
+        return [data[k] for k in sorted((k for k in data if k.startswith(prefix)), key=lambda k: int(k.split("_")[-1]))]
+
     config = AcousticConfig(**recipe["config"])
-    model, report = train_acoustic(golden, recipe["train_speakers"], config, recipe["steps"], recipe["seed"],
+    model, report = train_acoustic([u.astype(np.int64) for u in arrays("train_units_")], arrays("train_latent_"),
+                                   recipe["train_speakers"], config, recipe["steps"], recipe["seed"],
                                    batch_size=args.batch, device=args.device, log=print)
-    accuracy = layer_accuracy(model, heldout, recipe["heldout_speakers"])
-    report.update(heldout_layer_accuracy=[round(a, 4) for a in accuracy], fingerprint=recipe["fingerprint"],
-                  device=args.device, batch_size=args.batch)
+    predicted = model.predict([u.tolist() for u in arrays("heldout_units_")], recipe["heldout_speakers"])
+    report.update(heldout_latent_error=round(latent_error(predicted, arrays("heldout_latent_")), 4),
+                  fingerprint=recipe["fingerprint"], device=args.device, batch_size=args.batch)
     model.save(Path(args.out), report)
     print(json.dumps({k: v for k, v in report.items() if k != "history"}, indent=1))
 

@@ -111,10 +111,10 @@ class CodecConfig(Section):
     checkpoint_path: str = Field("", description="its checkpoint (.pt state dict or .safetensors)")
     encode_batch_size: int = Field(16, ge=1, description="recordings per codec encoding call at bootstrap")
     acoustic: Literal["model", "layer1_only"] = Field(
-        "model", description="model: an acoustic stage fills in RVQ layers 2..8 from layer 1; layer1_only: decode "
-                             "layer 1 alone")
-    acoustic_steps: int = Field(1000, ge=1, description="training steps of the acoustic stage at bootstrap (on the "
-                                                        "train split's golden tokens)")
+        "model", description="model: an acoustic stage predicts, from layer 1, the latent all RVQ layers sum to "
+                             "(what the codec's decoder reads); layer1_only: decode layer 1 alone")
+    acoustic_steps: int = Field(2000, ge=1, description="training steps of the acoustic stage at bootstrap (on the "
+                                                        "golden tokens of every utterance not held out)")
     acoustic_dim: int = Field(128, ge=8, description="acoustic stage: width of its Transformer")
     acoustic_layers: int = Field(3, ge=1, description="acoustic stage: Transformer layers")
     decode_batch_size: int = Field(16, ge=1, description="sequences per decoding call")

@@ -1,7 +1,8 @@
-"""Bootstrap's acoustic stage: train the model that turns layer-1 units into all RVQ layers (models/acoustic.py).
+"""Bootstrap's acoustic stage: train the model that turns layer-1 units into the decoder's input (models/acoustic.py).
 
-It learns from the train split's golden tokens only; its per-layer accuracy on the held-out
-split goes into its report (acoustic.json) so a user sees how well it generalises.
+It learns from the golden tokens of every utterance that is not held out; how far its latent lands from the true
+one on the held-out split, beside layer 1's own latent, goes into its report (acoustic.json) so a user sees how
+well it generalises.
 
 The demo ships the stage its recipe trains (models/demo_codec/acoustic/; tasks/shipped.py): a bootstrap of
 the same recipe takes it instead of training the same model again (2-3 minutes on a 2-core CPU).
@@ -17,8 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from speechalign.config import Config
-from speechalign.models.acoustic import CONFIG_NAME, AcousticConfig, is_saved_acoustic, layer_accuracy, train_acoustic
+from speechalign.models.acoustic import CONFIG_NAME, AcousticConfig, is_saved_acoustic, latent_error, train_acoustic
 from speechalign.models.codec import load_codec
+from speechalign.models.speech import Synthesizer
 from speechalign.preference_store.store import open_store
 from speechalign.tasks.progress import Progress
 from speechalign.tasks.shipped import SHIPPED, recipe_fingerprint, take_shipped
@@ -34,36 +36,47 @@ def train_acoustic_stage(cfg: Config) -> dict:
         log.info("bootstrap: acoustic stage already in %s", out)
         return training_report(out)
     store = open_store(cfg.store_url)
-    train, heldout = store.prompts("train"), store.prompts("heldout")
+    train, heldout = training_prompts(store), store.prompts("heldout")
     codec = load_codec(*cfg.codec.files())
-    golden = [np.asarray(p.golden_tokens, dtype=np.int64) for p in train]
-    if golden and golden[0].shape[0] < codec.n_q:
-        raise RuntimeError(f"the store's golden tokens have {golden[0].shape[0]} RVQ layers, the codec {codec.n_q}: "
-                           "bootstrap a new work directory with this codec")
+    if train and len(train[0].golden_tokens) < codec.n_q:
+        raise RuntimeError(f"the store's golden tokens have {len(train[0].golden_tokens)} RVQ layers, the codec "
+                           f"{codec.n_q}: bootstrap a new work directory with this codec")
     config = stage_config(cfg, train, codec)
     fingerprint = stage_fingerprint(cfg, config, train)
     if take_shipped("acoustic stage", SHIPPED_STAGE, shipped_fingerprint(), fingerprint, out):
         return {**training_report(out), "shipped": str(SHIPPED_STAGE)}
+    latents_of = Synthesizer(codec, None).code_latents  # (dimension, frames) of the given RVQ layers
     steps = cfg.codec.acoustic_steps
     with Progress(f"acoustic stage: {steps} training steps", steps, "step") as progress:
-        model, report = train_acoustic(golden, [p.speaker for p in train], config, steps, cfg.model.seed,
+        model, report = train_acoustic([np.asarray(p.golden_tokens[0]) for p in train],
+                                       latents_of([np.asarray(p.golden_tokens) for p in train]),
+                                       [p.speaker for p in train], config, steps, cfg.model.seed,
                                        log=log.debug, on_step=lambda step, loss: progress.set(step, loss=loss))
     report["fingerprint"] = fingerprint
-    if heldout:
-        accuracy = layer_accuracy(model, [np.asarray(p.golden_tokens) for p in heldout], [p.speaker for p in heldout])
-        report["heldout_layer_accuracy"] = [round(a, 4) for a in accuracy]
+    if heldout:  # how far from the true latent it lands on held-out audio, beside layer 1's own latent
+        true = latents_of([np.asarray(p.golden_tokens) for p in heldout])
+        report["heldout_latent_error"] = round(latent_error(
+            model.predict([p.golden_tokens[0] for p in heldout], [p.speaker for p in heldout]), true), 4)
+        report["heldout_layer1_latent_error"] = round(latent_error(
+            latents_of([np.asarray(p.golden_tokens[:1]) for p in heldout]), true), 4)
     model.save(out, report)
     return {k: v for k, v in report.items() if k != "history"}
 
 
 def stage_config(cfg: Config, train: list, codec=None) -> AcousticConfig:
-    """The stage's shape: the codec's layers and codebook, the train split's speakers, [codec] acoustic_dim/layers."""
+    """The stage's shape: the codec's codebook and dimension, the training speakers, [codec] acoustic_dim/layers."""
     codec = codec or load_codec(*cfg.codec.files())
-    return AcousticConfig(n_q=codec.n_q, codebook_size=codec.quantizer.bins, dim=cfg.codec.acoustic_dim,
-                          layers=cfg.codec.acoustic_layers, speakers=sorted({p.speaker for p in train if p.speaker}))
+    return AcousticConfig(codebook_size=codec.quantizer.bins, latent_dim=codec.quantizer.dimension,
+                          dim=cfg.codec.acoustic_dim, layers=cfg.codec.acoustic_layers,
+                          speakers=sorted({p.speaker for p in train if p.speaker}))
 
 
 SHIPPED_STAGE = SHIPPED / "demo_codec" / "acoustic"
+
+
+def training_prompts(store) -> list:
+    """Every utterance that is not held out (the base model's 'sft' split and the alignment prompts)."""
+    return [p for p in store.prompts() if p.split != "heldout"]
 
 
 def training_report(path: Path) -> dict:

@@ -45,13 +45,13 @@ def reconstruction_figures(cfg: Config, limit: int = 40) -> dict:
     seconds = sum(len(r) for r in refs) / aq.SAMPLE_RATE
     outputs, timing = {}, {}
     started = time.monotonic()
-    outputs[CONDITIONS[0]] = full.decode([np.asarray(p.golden_tokens) for p in prompts])
+    outputs[CONDITIONS[0]] = full.decode_codes([np.asarray(p.golden_tokens) for p in prompts])
     timing["decode_rtf"] = (time.monotonic() - started) / seconds
     if staged is not None:
         started = time.monotonic()
         outputs[CONDITIONS[1]] = staged.synthesize([p.golden_tokens[0] for p in prompts], [p.speaker for p in prompts])
         timing["acoustic_and_decode_rtf"] = (time.monotonic() - started) / seconds
-    outputs[CONDITIONS[2]] = full.decode([np.asarray(p.golden_tokens[:1]) for p in prompts])
+    outputs[CONDITIONS[2]] = full.decode_codes([np.asarray(p.golden_tokens[:1]) for p in prompts])
     outputs[CONDITIONS[3]] = [aq.white_noise_like(r, i) for i, r in enumerate(refs)]
     rows = {"original": {"dnsmos_ovrl": float(np.mean([aq.dnsmos(r)["ovrl"] for r in refs]))}}
     for name, wavs in outputs.items():
