@@ -156,7 +156,7 @@ class ModelConfig(Section):
     heads: int = Field(6, ge=1, description="demo model: attention heads")
     max_positions: int = Field(512, ge=16, description="demo model: longest prompt + completion, in tokens")
     seed: int = Field(0, description="seed of the demo model's initial weights and of bootstrap's training")
-    sft_epochs: float = Field(4.0, ge=0, description="supervised fine-tuning on golden tokens at bootstrap; 0: take "
+    sft_epochs: float = Field(12.0, ge=0, description="supervised fine-tuning on golden tokens at bootstrap; 0: take "
                                                      "base_model as it is")
     sft_learning_rate: float = Field(2e-3, gt=0, description="learning rate of that fine-tuning")
     sft_batch_size: int = Field(16, ge=1, description="batch size of that fine-tuning")
@@ -267,9 +267,9 @@ class TrainConfig(Section):
 
 
 class EvaluateConfig(Section):
-    mode: Literal["sampled", "greedy"] = Field("greedy", description="greedy: one argmax sequence per prompt; "
-                                                                     "sampled: as the candidates are made (the "
-                                                                     "generate section's sampling), with fixed seeds")
+    mode: Literal["sampled", "greedy"] = Field(
+        "sampled", description="sampled: as the candidates are made and as a codec LM is used (the generate section's "
+        "sampling), with fixed seeds; greedy: one argmax sequence per prompt")
     samples_per_prompt: int = Field(2, ge=1, description="sampled mode: samples per held-out prompt")
     probe_prompts: int = Field(16, ge=0, description="train probe: this many train prompts (a fixed seeded set) "
                                                      "are evaluated like the held-out ones; 0: none")
