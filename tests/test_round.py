@@ -159,7 +159,7 @@ def test_one_round_campaign(bootstrapped, capsys):
         assert not torch.allclose(policy.model(**enc).logits, base_lm.model(**enc).logits)
 
     progress = progress_artifacts()
-    assert progress.get("generate: 38 candidate sequences of round 1") == 100.0
+    assert progress.get("generate: 18 candidate sequences of round 1") == 100.0
     assert progress.get("train: optimizer steps done") == 100.0
     markdown = prefect_artifact(f"{cfg.campaign.name}-round-1")
     assert "round 1: completed" in markdown and "| train | completed |" in markdown and "| 1 | completed |" in markdown
