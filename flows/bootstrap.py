@@ -1,7 +1,7 @@
 """Bootstrap: everything a campaign starts from.
 
-    demo corpus (unless a manifest is given) -> codec -> golden tokens -> train/held-out split
-    -> acoustic stage (layer-1 units -> all RVQ layers, for decoding to audio)
+    demo corpus (unless a manifest is given) -> codec -> golden tokens -> held-out / sft / train split
+    -> acoustic stage (layer-1 units -> the latent the codec's decoder reads, for decoding to audio)
     -> base model (SFT on the golden tokens of the 'sft' split, utterances alignment rounds never use)
     -> ceiling (the held-out recordings, and their golden tokens decoded, scored: tasks/ceiling.py)
 

@@ -185,8 +185,8 @@ def cmd_bootstrap(args) -> int:
 
     result = bootstrap(**_flow_args(cfg, args))
     imported = result["import"]
-    print(f"imported {imported['imported']} utterances ({imported['heldout']} held out), "
-          f"skipped {imported['skipped']}, repaired {len(imported['repaired'])}")
+    print(f"imported {imported['imported']} utterances ({imported['heldout']} held out, {imported['sft']} for the base "
+          f"model's SFT alone), skipped {imported['skipped']}, repaired {len(imported['repaired'])}")
     for problem in imported["problems"]:
         print(f"  {problem}")
     print(f"base model: {result['base_model']}")

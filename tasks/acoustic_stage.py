@@ -5,7 +5,7 @@ one on the held-out split, beside layer 1's own latent, goes into its report (ac
 well it generalises.
 
 The demo ships the stage its recipe trains (models/demo_codec/acoustic/; tasks/shipped.py): a bootstrap of
-the same recipe takes it instead of training the same model again (2-3 minutes on a 2-core CPU).
+the same recipe takes it instead of training the same model again (about 4.5 minutes on a 2-core CPU).
 """
 
 from __future__ import annotations
