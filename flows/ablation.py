@@ -18,7 +18,6 @@ the base model with its 95% interval, beside the base model's.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import tomllib
@@ -27,7 +26,7 @@ from pathlib import Path
 import tomlkit
 from prefect import flow
 
-from speechalign.config import Config, ConfigError
+from speechalign.config import Config, ConfigError, evaluation_setup
 from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.schema import Campaign
@@ -94,17 +93,9 @@ def share_baseline(cfg: Config, store: PreferenceStore, campaign: Campaign) -> N
     for other in store.campaigns():
         source = store.round_number(other.id, 0)
         if (other.id != campaign.id and other.base_model_path == campaign.base_model_path and source is not None
-                and source.status == "completed" and evaluation(other.config) == evaluation(cfg.to_dict())):
+                and source.status == "completed" and evaluation_setup(other.config) == evaluation_setup(cfg.to_dict())):
             copy = store.copy_round(source.id, campaign.id, ("evaluate",))
             register_baseline(open_round(cfg, campaign, 0, campaign.base_model_path), round_record(store, copy).heldout)
             log.info("ablation: round 0 of %s is %s's (the same base model, evaluated the same way)", campaign.name,
                      other.name)
             return
-
-
-def evaluation(config: dict) -> str:
-    """What round 0 depends on besides the base model: how samples are drawn, decoded and scored."""
-    return json.dumps({section: config.get(section) for section in ("evaluate", "score", "codec", "corpus")} |
-                      {"generate": {k: config.get("generate", {}).get(k) for k in ("temperature", "top_k", "top_p",
-                                                                                  "max_new_tokens", "batch_size")}},
-                      sort_keys=True)

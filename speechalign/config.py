@@ -382,6 +382,23 @@ class Config(Section):
 # ---- reading ----------------------------------------------------------------------------------------
 
 
+def evaluation_setup(config: dict) -> dict[str, Any]:
+    """The knobs a campaign's held-out figures depend on besides its policy ("section.key": value): how held-out
+    samples are drawn, decoded and scored. Two campaigns' figures compare prompt by prompt only when these match,
+    and round 0 (the base model) is shared only between campaigns that match."""
+    setup = {f"{section}.{key}": value for section in ("evaluate", "score", "codec", "corpus")
+             for key, value in (config.get(section) or {}).items()}
+    drawn = config.get("generate") or {}
+    return setup | {f"generate.{key}": drawn.get(key)
+                    for key in ("temperature", "top_k", "top_p", "max_new_tokens", "batch_size")}
+
+
+def setup_differences(setup: dict[str, Any], other: dict[str, Any]) -> list[str]:
+    """"evaluate.mode = 'greedy' (not 'sampled')" for each knob of evaluation_setup that differs."""
+    return [f"{key} = {setup.get(key)!r} (not {other.get(key)!r})" for key in sorted(setup.keys() | other.keys())
+            if setup.get(key) != other.get(key)]
+
+
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
                 workdir: str | None = None) -> Config:
     """Defaults, then the work directory's config.toml (if any), then `path`, then --set overrides."""

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import statistics
 
-from speechalign.config import Config, ConfigError
+from speechalign.config import Config, ConfigError, evaluation_setup, setup_differences
 from speechalign.intervals import changes
 from speechalign.listen.figures import listening_figures
 from speechalign.models.metrics import heldout_directions
@@ -220,19 +220,24 @@ def ablation_report(cfg: Config, campaigns: dict[str, str], against: str | None 
     each row also gets its change against that campaign's last completed round ("vs_against"), paired by
     held-out prompt: every campaign of a work directory evaluates the same prompts with the same seeds, so
     this is the interval of a recipe against its control (DPO against SFT on the same pairs), not two
-    intervals against the base model to compare by eye."""
+    intervals against the base model to compare by eye. A campaign whose held-out evaluation differs
+    (config.evaluation_setup: e.g. greedy against sampled) is not compared ("not_comparable" names the knobs),
+    and one evaluated otherwise than the base model row says so ("evaluated_otherwise")."""
     store = open_store(cfg.store_url)
     reference, reference_prompts = against_round(store, campaigns, against) if against else (None, None)
-    rows, base = [], None
+    reference_setup = evaluation_setup(store.campaign(reference["campaign"]).config) if reference else None
+    rows, base, base_setup = [], None, None
     for recipe, name in campaigns.items():
         campaign = store.campaign(name)
         if campaign is None:
             rows.append({"recipe": recipe, "campaign": name, "criterion": None, "rounds": 0})
             continue
         done = [(r, round_record(store, r)) for r in store.rounds(campaign.id) if r.status == "completed"]
+        setup = evaluation_setup(campaign.config)
         if base is None and done and done[0][0].number == 0:
             base = {"recipe": "base model", "campaign": "round 0", "criterion": "-", "rounds": 0,
                     **heldout(done[0][1])}
+            base_setup = setup
         rounds = [(r, record) for r, record in done if r.number > 0]
         pairs = [record.figures() for _, record in rounds]
         decisions = [store.decisions(r.id) for r, _ in rounds]
@@ -245,8 +250,14 @@ def ablation_report(cfg: Config, campaigns: dict[str, str], against: str | None 
             "guard_flags": sum(d.get("guard") is not None and d["guard"].verdict == "flagged" for d in decisions),
             "promoted": sum(d.get("promotion") is not None and d["promotion"].verdict == "promoted" for d in decisions),
         })
+        if base_setup is not None and setup != base_setup:  # its changes are against its own round 0
+            rows[-1]["evaluated_otherwise"] = setup_differences(setup, base_setup)
         if reference and last and name != reference["campaign"]:
-            rows[-1]["vs_against"] = {f"heldout/{m}": c for m, c in changes(last.per_prompt, reference_prompts).items()}
+            if setup == reference_setup:
+                rows[-1]["vs_against"] = {f"heldout/{m}": c
+                                          for m, c in changes(last.per_prompt, reference_prompts).items()}
+            else:  # other samples of other prompts' draws: a difference of means would mix setup and policy
+                rows[-1]["not_comparable"] = setup_differences(setup, reference_setup)
     metrics = sorted({k for r in rows + [base or {}] for k in r if k.startswith("heldout/")})
     return {"rows": ([base] if base else []) + rows, "metrics": metrics, "directions": heldout_directions(cfg.score),
             **({"against": reference} if reference else {})}
@@ -290,6 +301,9 @@ def format_ablation(report: dict) -> str:
         if r.get("ci"):
             changed.append([str(r["recipe"])] + [change_cell(r, metric, "vs_base") for _, metric in CHANGED])
     lines = ["held-out metrics of each recipe's last round (^ higher is better, v lower is better)", *aligned(cells)]
+    lines += [f"{r['recipe']}: held out evaluated otherwise than the base model row "
+              f"({'; '.join(r['evaluated_otherwise'])}); its change below is against its own round 0"
+              for r in report["rows"] if r.get("evaluated_otherwise")]
     if len(changed) > 1:
         lines += ["", "change against the base model, mean over held-out prompts [paired bootstrap 95% CI]",
                   *aligned(changed)]
@@ -301,6 +315,8 @@ def format_ablation(report: dict) -> str:
                 versus.append([str(r["recipe"])] + [interval_cell(vs.get(f"heldout/{m}")) for _, m in CHANGED])
         lines += ["", f"change against {against['recipe']} (campaign {against['campaign']}, round {against['round']}), "
                   "mean over held-out prompts [paired bootstrap 95% CI]", *aligned(versus)]
+        lines += [f"{r['recipe']}: not compared, held out evaluated otherwise ({'; '.join(r['not_comparable'])})"
+                  for r in report["rows"] if r.get("not_comparable")]
     return "\n".join(lines)
 
 

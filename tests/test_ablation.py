@@ -5,7 +5,9 @@ import json
 import pytest
 
 from speechalign.cli import main
+from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import open_store
+from speechalign.report import ablation_report, format_ablation
 
 
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
@@ -69,3 +71,20 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
         assert mean == pytest.approx(sum(diffs) / len(diffs)) and low <= mean <= high
     assert main([*args, "--against", "no-such-recipe"]) == 2  # named in the error, with the names it could be
     assert "no-such-recipe" in capsys.readouterr().err
+
+    # a campaign whose held-out samples are drawn otherwise (as `--set evaluate.mode=greedy` would make it) has
+    # other figures for the same policy: it is not compared against the control, and the table says why
+    campaign = store.campaign(single["campaign"])
+    mode = campaign.config["evaluate"]["mode"]
+    other = {"greedy": "sampled", "sampled": "greedy"}[mode]
+    with store.session() as s:
+        s.get(Campaign, campaign.id).config = {**campaign.config, "evaluate": {**campaign.config["evaluate"],
+                                                                               "mode": other}}
+    recipes = {"golden_vs_synthetic": gvs["campaign"], "single:dnsmos_ovrl": single["campaign"]}
+    report = ablation_report(cfg, recipes, "golden_vs_synthetic")
+    [row] = [r for r in report["rows"] if r.get("recipe") == "single:dnsmos_ovrl"]
+    assert "vs_against" not in row
+    assert row["not_comparable"] == [f"evaluate.mode = {other!r} (not {mode!r})"]
+    assert row["evaluated_otherwise"] == row["not_comparable"]  # its round 0 is the base model row's copy
+    text = format_ablation(report)
+    assert f"single:dnsmos_ovrl: not compared, held out evaluated otherwise (evaluate.mode = {other!r}" in text
