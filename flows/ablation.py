@@ -90,10 +90,11 @@ def share_baseline(cfg: Config, store: PreferenceStore, campaign: Campaign) -> N
     evaluated again, and logged to this campaign's own MLflow run."""
     if store.round_number(campaign.id, 0) is not None:
         return
+    setup = evaluation_setup(cfg.to_dict())
     for other in store.campaigns():
         source = store.round_number(other.id, 0)
         if (other.id != campaign.id and other.base_model_path == campaign.base_model_path and source is not None
-                and source.status == "completed" and evaluation_setup(other.config) == evaluation_setup(cfg.to_dict())):
+                and source.status == "completed" and evaluation_setup(other.config) == setup):
             copy = store.copy_round(source.id, campaign.id, ("evaluate",))
             register_baseline(open_round(cfg, campaign, 0, campaign.base_model_path), round_record(store, copy).heldout)
             log.info("ablation: round 0 of %s is %s's (the same base model, evaluated the same way)", campaign.name,

@@ -379,7 +379,7 @@ class Config(Section):
         return render_toml(self, comments)
 
 
-# ---- reading ----------------------------------------------------------------------------------------
+# ---- comparing campaigns ----------------------------------------------------------------------------
 
 
 def evaluation_setup(config: dict) -> dict[str, Any]:
@@ -397,6 +397,9 @@ def setup_differences(setup: dict[str, Any], other: dict[str, Any]) -> list[str]
     """"evaluate.mode = 'greedy' (not 'sampled')" for each knob of evaluation_setup that differs."""
     return [f"{key} = {setup.get(key)!r} (not {other.get(key)!r})" for key in sorted(setup.keys() | other.keys())
             if setup.get(key) != other.get(key)]
+
+
+# ---- reading ----------------------------------------------------------------------------------------
 
 
 def load_config(path: Path | str | None = None, overrides: list[str] | None = None,
