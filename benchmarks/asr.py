@@ -19,8 +19,8 @@ import time
 import torch
 from faster_whisper import WhisperModel
 
+from speechalign.bootstrap.demo_corpus import demo_sentences, speak
 from speechalign.models.metrics.asr import CTranslate2Whisper, error_rates, shipped_whisper
-from speechalign.tasks.demo_corpus import demo_sentences, speak
 
 VOICES = ["en-us+m3", "en-gb+f3"]
 

@@ -14,10 +14,10 @@ import time
 
 import torch
 
+from speechalign.bootstrap.demo_corpus import demo_sentences
 from speechalign.config import Config
 from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
-from speechalign.tasks.demo_corpus import demo_sentences
 
 
 def demo_size_model() -> CodecLM:

@@ -21,7 +21,7 @@ from speechalign.config import load_config  # noqa: E402
 from speechalign.flows.round import alignment_round  # noqa: E402
 from speechalign.preference_store.store import open_store  # noqa: E402
 
-COMPUTE = ("generate", "decode", "score", "train", "evaluate")
+COMPUTE = ("generate", "decode", "score", "train", "generate_heldout", "decode_heldout", "score_heldout", "evaluate")
 
 
 def main() -> None:

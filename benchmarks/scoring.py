@@ -26,11 +26,11 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from speechalign.audio import resample
+from speechalign.bootstrap.demo_corpus import demo_sentences, speak
+from speechalign.models.audio import resample
 from speechalign.models.metrics import ScoreItem
 from speechalign.models.metrics.dnsmos import Dnsmos, repeat_pad, window_starts
 from speechalign.models.metrics.speaker import SpeakerSimilarity
-from speechalign.tasks.demo_corpus import demo_sentences, speak
 
 GOLDEN_VOICE, GOLDEN_RATE = "en-us+m3", 22050
 CANDIDATES = [("en-us+m3", 165), ("en-us+m3", 190), ("en-us+m1", 175), ("en-gb+m3", 180),

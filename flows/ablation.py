@@ -31,7 +31,7 @@ from speechalign.flows.campaign import alignment_campaign
 from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.tasks.context import open_round, round_record
+from speechalign.runtime.context import open_round, round_record
 from speechalign.tasks.guard import stopped_by_guard
 from speechalign.tasks.register import register_baseline
 
@@ -56,8 +56,17 @@ def read_recipes(path: Path) -> dict[str, list[str]]:
     for name, knobs in tables.items():
         if not isinstance(knobs, dict) or not knobs:
             raise ConfigError(f"recipes file {path}: [{name}] must be a table of knobs, e.g. \"train.beta\" = 0.2")
-        recipes[name] = [f"{key}={tomlkit.item(value).as_string()}" for key, value in knobs.items()]
+        recipes[name] = [f"{key}={toml_value(value)}" for key, value in knobs.items()]
     return recipes
+
+
+def toml_value(value) -> str:
+    """A value as --set reads it: TOML, a table inline."""
+    if isinstance(value, dict):
+        table = tomlkit.inline_table()
+        table.update(value)
+        return table.as_string()
+    return tomlkit.item(value).as_string()
 
 
 def recipe_overrides(base: str, recipe: str, knobs: list[str], overrides: list[str] | None) -> list[str]:
@@ -95,8 +104,8 @@ def share_baseline(cfg: Config, store: PreferenceStore, campaign: Campaign) -> N
         source = store.round_number(other.id, 0)
         if (other.id != campaign.id and other.base_model_path == campaign.base_model_path and source is not None
                 and source.status == "completed" and evaluation_setup(other.config) == setup):
-            copy = store.copy_round(source.id, campaign.id, ("evaluate",))
-            register_baseline(open_round(cfg, campaign, 0, campaign.base_model_path), round_record(store, copy).heldout)
+            copy = round_record(store, store.copy_round(source.id, campaign.id, ("evaluate", "ceiling")))
+            register_baseline(open_round(cfg, campaign, 0, campaign.base_model_path), copy.heldout, copy.ceiling)
             log.info("ablation: round 0 of %s is %s's (the same base model, evaluated the same way)", campaign.name,
                      other.name)
             return

@@ -3,7 +3,7 @@
     demo corpus (unless a manifest is given) -> codec -> golden tokens -> held-out / sft / train split
     -> acoustic stage (layer-1 units -> the latent the codec's decoder reads, for decoding to audio)
     -> base model (SFT on the golden tokens of the 'sft' split, utterances alignment rounds never use)
-    -> ceiling (the held-out recordings, and their golden tokens decoded, scored: tasks/ceiling.py)
+    -> ceiling (the held-out recordings, and their golden tokens decoded, scored: bootstrap/ceiling.py)
 
 Each step is skipped when its output already exists, so bootstrap can be run again safely
 (for example with a second manifest: only its new utterances are imported).
@@ -18,17 +18,17 @@ from pathlib import Path
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 
+from speechalign.bootstrap.acoustic_stage import train_acoustic_stage
+from speechalign.bootstrap.base_model import initial_model, supervised_finetune
+from speechalign.bootstrap.ceiling import measure_ceiling
+from speechalign.bootstrap.demo_corpus import build_demo_corpus
+from speechalign.bootstrap.import_corpus import import_corpus
+from speechalign.bootstrap.shipped import SHIPPED, recipe_fingerprint, take_shipped
 from speechalign.config import Config, save_config
 from speechalign.flows.common import load_flow_config
-from speechalign.models.codec import load_codec
 from speechalign.models.codec_lm import METADATA_FILE, is_saved_policy
+from speechalign.models.speechtokenizer.codec import load_codec
 from speechalign.preference_store.store import open_store
-from speechalign.tasks.acoustic_stage import train_acoustic_stage
-from speechalign.tasks.base_model import initial_model, supervised_finetune
-from speechalign.tasks.ceiling import measure_ceiling
-from speechalign.tasks.demo_corpus import build_demo_corpus
-from speechalign.tasks.import_corpus import import_corpus
-from speechalign.tasks.shipped import SHIPPED, recipe_fingerprint, take_shipped
 
 log = logging.getLogger(__name__)
 
@@ -91,7 +91,7 @@ def sft_prompts(store) -> list:
 
 
 def base_model_fingerprint(cfg: Config, train: list) -> str:
-    """What the demo model's SFT is made from (tasks/shipped.py): its [model] settings, codec, corpus recipe."""
+    """What the demo model's SFT is made from (bootstrap/shipped.py): its [model] settings, codec, corpus recipe."""
     settings = {k: v for k, v in cfg.model.model_dump().items() if k not in ("base_model", "max_shard_size")}
     return recipe_fingerprint(cfg, {"model": settings}, train)
 

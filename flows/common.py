@@ -6,14 +6,16 @@ from pathlib import Path
 
 from speechalign.config import Config, load_config
 from speechalign.errors import SetupError
-from speechalign.models.acoustic import is_saved_acoustic
 from speechalign.models.codec_lm import is_saved_policy
+from speechalign.models.speechtokenizer.acoustic import is_saved_acoustic
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import open_store
+from speechalign.runtime.preflight import check_names
 
 
 def load_flow_config(workdir: str, config_file: str | None, overrides: list[str] | None) -> Config:
-    return load_config(Path(config_file) if config_file else None, overrides, workdir)
+    """The campaign's config, its plug-in and criterion names checked before any work."""
+    return check_names(load_config(Path(config_file) if config_file else None, overrides, workdir))
 
 
 def ensure_campaign(cfg: Config) -> Campaign:

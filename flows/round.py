@@ -1,10 +1,14 @@
 """One alignment round, top to bottom.
 
-Each stage is a Prefect task (tasks/stage.py) that takes the round's context and the results it needs,
-and returns a frozen dataclass (tasks/results.py) that the next stage takes: what you read below is
-what flows. The rows themselves (samples, scores, pairs) and the files (WAVs, policies) are in the
-preference store and the work directory; results carry their IDs and paths. The store records each
-completed stage, so running the round again after a failure continues where it stopped.
+    candidates from the policy -> their audio -> their scores -> preference pairs -> DPO + LoRA -> the new policy
+    -> its held-out samples -> their audio -> their scores -> the held-out figures and their intervals
+    -> guard -> MLflow model version -> champion alias, or not
+
+Each stage is a Prefect task (speechalign/runtime/stage.py) that takes the round's context and the results it
+needs, and returns a frozen dataclass (speechalign/runtime/results.py) that the next stage takes: what you read
+below is what flows. The rows themselves (samples, scores, pairs) and the files (WAVs, policies) are in the
+preference store and the work directory; results carry their IDs and paths. The store records each completed
+stage, so running the round again after a failure continues where it stopped.
 
 guard flags a collapsing or regressing round; promote gives the round's model version the `champion`
 alias only when no held-out metric regresses against the current champion (tasks/guard.py).
@@ -25,17 +29,17 @@ from speechalign.flows.common import ensure_campaign, load_flow_config
 from speechalign.preference_store.round_lock import CampaignRoundLock
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.preflight import prepare
 from speechalign.report import campaign_report, format_round_markdown
-from speechalign.tasks.context import RoundContext, open_round
-from speechalign.tasks.decode import decode
-from speechalign.tasks.evaluate import evaluate
-from speechalign.tasks.generate import generate
+from speechalign.runtime.context import RoundContext, open_round
+from speechalign.runtime.policies import prune_policies
+from speechalign.runtime.preflight import prepare
+from speechalign.tasks.decode import decode, decode_heldout
+from speechalign.tasks.evaluate import ceiling, evaluate
+from speechalign.tasks.generate import generate, generate_heldout
 from speechalign.tasks.guard import guard, promote, stopped_by_guard
 from speechalign.tasks.pairs import build_pairs
-from speechalign.tasks.policies import prune_policies
 from speechalign.tasks.register import register, register_baseline
-from speechalign.tasks.score import score
+from speechalign.tasks.score import score, score_heldout
 from speechalign.tasks.train import train
 
 log = logging.getLogger(__name__)
@@ -75,7 +79,10 @@ def alignment_round(workdir: str, config_file: str | None = None, overrides: lis
             scores = score(ctx, audio)
             pairs = build_pairs(ctx, scores)
             trained = train(ctx, pairs)
-            heldout = evaluate(ctx, trained.policy)
+            heldout_samples = generate_heldout(ctx, trained.policy)
+            heldout_audio = decode_heldout(ctx, heldout_samples)
+            heldout_scores = score_heldout(ctx, heldout_audio, trained.policy)
+            heldout = evaluate(ctx, trained.policy, heldout_scores)
             verdict = guard(ctx, trained, heldout, ctx.previous)
             registered = register(ctx, pairs, trained, heldout, verdict)
             promotion = promote(ctx, registered, heldout, verdict)
@@ -103,10 +110,16 @@ def next_round(cfg: Config, store: PreferenceStore, campaign: Campaign) -> Round
 
 
 def evaluate_base_model(ctx: RoundContext) -> None:
-    """Round 0: the base model on the held-out prompts, once per campaign, so every round has a reference."""
-    heldout = evaluate(ctx, ctx.round.policy_in)
-    register_baseline(ctx, heldout)
-    ctx.store.finish_round(ctx.round.id, "completed", policy_out=ctx.round.policy_in)
+    """Round 0: the base model on the held-out prompts, once per campaign, so every round has a reference; and the
+    ceiling no policy can beat (the recordings, and their golden tokens decoded)."""
+    base = ctx.round.policy_in
+    samples = generate_heldout(ctx, base)
+    audio = decode_heldout(ctx, samples)
+    scores = score_heldout(ctx, audio, base)
+    heldout = evaluate(ctx, base, scores)
+    reachable = ceiling(ctx)
+    register_baseline(ctx, heldout, reachable)
+    ctx.store.finish_round(ctx.round.id, "completed", policy_out=base)
 
 
 @flow(name="baseline")

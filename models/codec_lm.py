@@ -17,7 +17,9 @@ Two ways in, one code path out:
 
 from __future__ import annotations
 
+import gc
 import json
+import os
 import re
 import string
 from dataclasses import asdict, dataclass, field
@@ -36,6 +38,8 @@ from transformers import (
     PreTrainedTokenizerBase,
     PreTrainedTokenizerFast,
 )
+
+from speechalign.models.precision import Precision, decide_precision
 
 PAD, UNK = "<pad>", "<unk>"
 TEXT_SYMBOLS = list(string.ascii_lowercase + string.digits + " .,?!'-:;\"")
@@ -112,23 +116,9 @@ def mean_run(sequences: list[list[int]]) -> float:
     """The mean length of a run of one repeated unit in golden sequences."""
     runs = [sum(1 for _ in group) for seq in sequences for _, group in groupby(seq)]
     return sum(runs) / max(1, len(runs))
-SOSP, EOSP = DEMO_FORMAT.speech_start, DEMO_FORMAT.speech_end
-
-
-def unit_token(code: int) -> str:
-    return DEMO_FORMAT.unit(code)
-
-
-def units_to_text(units: list[int]) -> str:
-    return "".join(map(unit_token, units))
-
 
 def speaker_token(speaker: str) -> str:
     return "<spk:" + "".join(c if c.isalnum() or c in "-_+." else "_" for c in speaker.lower()) + ">"
-
-
-def prompt_text(text: str, speaker: str | None = None) -> str:
-    return DEMO_FORMAT.prompt(text, speaker)
 
 
 def completion_text(units: list[int], fmt: SpeechFormat = DEMO_FORMAT) -> str:
@@ -140,7 +130,7 @@ def build_demo_tokenizer(codebook_size: int, speakers: list[str] = (),
     """Lower-cased characters, speaker tokens, and one token per codec unit.
 
     The pre-tokenizer must be a `Regex`: a plain string is matched literally and every unit then
-    becomes <unk> (DPO trains on identical sequences without an error; see NOTES).
+    becomes <unk>, and DPO then trains on identical sequences (loss 0.6931, no gradient) without an error.
     """
     speech = fmt.speech_tokens(codebook_size, speakers)
     vocab_list = [PAD, UNK, *speech[:2], *TEXT_SYMBOLS, *speech[2:]]
@@ -172,7 +162,8 @@ def build_demo_model(tokenizer: PreTrainedTokenizerBase, layers: int, hidden_siz
 
 def check_units_survive(tokenizer: PreTrainedTokenizerBase, codebook_size: int,
                         fmt: SpeechFormat = DEMO_FORMAT) -> None:
-    """Fail loudly if codec units do not tokenize to themselves (the silent <unk> trap in NOTES)."""
+    """Fail loudly if codec units do not tokenize to themselves (a pre-tokenizer pattern given as a plain string
+    turns every unit into <unk>)."""
     probe = [0, codebook_size // 2, codebook_size - 1]
     text = "ab" + fmt.speech_start + "".join(fmt.unit(u) for u in probe) + fmt.speech_end
     ids = tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -213,9 +204,8 @@ class CodecLM:
 
     @cached_property
     def format(self) -> SpeechFormat:
-        """How this model writes speech (policies saved before formats existed: the demo's)."""
-        saved = self.metadata.get("format") or {"speaker_in_prompt": bool(self.metadata.get("speaker_in_prompt"))}
-        return SpeechFormat(**saved)
+        """How this model writes speech (saved in its metadata)."""
+        return SpeechFormat(**self.metadata["format"])
 
     def prompt(self, text: str, speaker: str | None) -> str:
         return self.format.prompt(text, speaker, self.tokenizer)
@@ -266,48 +256,64 @@ def is_saved_policy(path: Path) -> bool:
     return (Path(path) / METADATA_FILE).is_file()
 
 
-def best_device() -> tuple[str, torch.dtype]:
-    """A GPU in bf16 when there is one that supports it, else the CPU in fp32."""
-    if torch.cuda.is_available():
-        return "cuda", torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return "cpu", torch.float32
-
-
-def load_codec_lm(path: Path, for_training: bool = False, **load) -> CodecLM:
+def load_codec_lm(path: Path, for_training: bool = False, precision: Precision | None = None, **load) -> CodecLM:
     """Load a policy saved by `CodecLM.save` (the base model, or a round's merged policy).
 
-    For inference it goes to the best device (`best_device`); for training it is loaded as `load` says
-    (`load_options`: dtype, quantization; by default fp32) and the trainer places it.
+    For inference it goes to the precision's device in its inference dtype (models/precision.py); for training it is
+    loaded in the training dtype, with what `load` adds (`load_options`: quantization), and the trainer places it.
     """
     path = Path(path)
     if not is_saved_policy(path):
         raise FileNotFoundError(f"{path} is not a speechalign policy directory (no {METADATA_FILE}); "
                                 "run `speechalign bootstrap` to make the base model")
+    precision = precision or decide_precision()
     tokenizer = AutoTokenizer.from_pretrained(path)
     if for_training:
-        model = AutoModelForCausalLM.from_pretrained(path, **{"dtype": torch.float32, **load})
+        model = AutoModelForCausalLM.from_pretrained(path, **{"dtype": precision.training, **load})
     else:
-        device, dtype = best_device()
-        model = AutoModelForCausalLM.from_pretrained(path, dtype=dtype).to(device)
+        model = AutoModelForCausalLM.from_pretrained(path, dtype=precision.inference).to(precision.device)
+        model.eval()
     lm = CodecLM(model=model, tokenizer=tokenizer, metadata=json.loads((path / METADATA_FILE).read_text()))
     check_units_survive(tokenizer, lm.codebook_size, lm.format)
     return lm
 
 
+_IN_MEMORY: dict[tuple[str, int], CodecLM] = {}
+
+
+def inference_policy(path: Path | str, precision: Precision | None = None) -> CodecLM:
+    """The policy at `path` for inference, loaded once per process: the stages that follow one another on one policy
+    (held-out generation, its likelihood scores, the golden tokens' likelihood) share one copy, and loading another
+    policy drops the one before, so a process holds one policy at a time. A policy written again in the same place
+    (a retried train stage) is loaded again."""
+    key = (str(Path(path).resolve()), (Path(path) / METADATA_FILE).stat().st_mtime_ns if is_saved_policy(path) else 0)
+    if key not in _IN_MEMORY:
+        release_policies()
+        _IN_MEMORY[key] = load_codec_lm(path, precision=precision)
+    return _IN_MEMORY[key]
+
+
+def release_policies() -> None:
+    """Drop the policy `inference_policy` holds, and the GPU memory it took (before training loads its own)."""
+    _IN_MEMORY.clear()
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def load_options(model_config) -> dict:
-    """from_pretrained's dtype and quantization for a campaign's [model] dtype and quantization."""
+    """from_pretrained's dtype and quantization for training, from a campaign's [model] dtype and quantization.
+    A quantized model loads on this process's GPU (LOCAL_RANK under a multi-process launch)."""
     m = model_config
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}.get(m.dtype)
-    if dtype is None:  # auto
-        dtype = torch.bfloat16 if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else torch.float32
-    options: dict = {"dtype": dtype}
+    precision = decide_precision(m.dtype)
+    options: dict = {"dtype": precision.training}
     if m.quantization != "none":
         from transformers import BitsAndBytesConfig  # noqa: PLC0415
 
         options["quantization_config"] = BitsAndBytesConfig(
             load_in_8bit=m.quantization == "8bit", load_in_4bit=m.quantization == "4bit",
-            bnb_4bit_compute_dtype=dtype, bnb_4bit_quant_type="nf4")
-        options["device_map"] = {"": 0}
+            bnb_4bit_compute_dtype=precision.inference, bnb_4bit_quant_type="nf4")
+        options["device_map"] = {"": int(os.environ.get("LOCAL_RANK", "0"))}
     return options
 
 

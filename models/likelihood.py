@@ -12,18 +12,6 @@ import torch
 from speechalign.models.codec_lm import CodecLM
 
 
-def golden_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int = 32) -> float:
-    """Mean negative log-likelihood (nats per token) of `<u..>...<eosp>` given the prompt, over all items.
-
-    `items` are (prompt string, golden layer-1 units). Every completion token counts once, so long
-    utterances weigh as much as their length.
-    """
-    if not items:
-        raise ValueError("golden_nll needs at least one (prompt, units) item")
-    sums, counts = _completion_nll(lm, items, batch_size)
-    return sum(sums) / sum(counts)
-
-
 def sequence_nll(lm: CodecLM, items: list[tuple[str, list[int]]], batch_size: int = 32) -> list[float]:
     """Each item's mean negative log-likelihood per completion token (one figure per sequence)."""
     sums, counts = _completion_nll(lm, items, batch_size)

@@ -127,7 +127,7 @@ class Score(Base):
 
 
 class CeilingScore(Base):
-    """The ceiling of a work directory's held-out prompts (tasks/ceiling.py): each recording as it is, and its
+    """The ceiling of a work directory's held-out prompts (bootstrap/ceiling.py): each recording as it is, and its
     golden tokens decoded, scored once per scoring setup (`scoring`: a fingerprint of the plug-ins, their
     options and the decoding path) and shared by every campaign on the corpus."""
     __tablename__ = "ceiling_scores"

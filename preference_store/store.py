@@ -8,7 +8,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
-from datetime import datetime
 from functools import lru_cache
 
 from sqlalchemy import create_engine, event, func, select, update
@@ -359,10 +358,7 @@ class PreferenceStore:
             return {d.kind: d for d in s.scalars(select(RoundDecision).where(RoundDecision.round_id == round_id))}
 
 
+
 def chunks(items: list, size: int) -> Iterable[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
-
-
-__all__ = ["PreferenceStore", "open_store", "StoreUnreachable", "check_reachable", "insert_ignore", "chunks",
-           "datetime"]

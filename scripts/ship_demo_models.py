@@ -1,4 +1,4 @@
-"""Ship a bootstrapped work directory's acoustic stage and base model as the demo's own (tasks/shipped.py).
+"""Ship a bootstrapped work directory's acoustic stage and base model as the demo's own (bootstrap/shipped.py).
 
     SPEECHALIGN_NO_SHIPPED=1 .venv/bin/speechalign bootstrap --workdir /tmp/ship   # trains both here
     .venv/bin/python scripts/ship_demo_models.py --workdir /tmp/ship
@@ -6,7 +6,7 @@
 Each model is copied into the package (models/demo_codec/acoustic/, models/demo_lm/) with the fingerprint
 of the work directory's recipe, so that a later bootstrap of the same recipe (the demo's defaults) copies
 it instead of training it again. Run it after any change to the demo corpus, the codec, the [model] or
-acoustic settings, or to what training makes from them (then raise tasks/shipped.py's VERSION first).
+acoustic settings, or to what training makes from them (then raise bootstrap/shipped.py's VERSION first).
 """
 
 from __future__ import annotations
@@ -16,11 +16,11 @@ import json
 import shutil
 from pathlib import Path
 
+from speechalign.bootstrap.acoustic_stage import SHIPPED_STAGE, stage_config, stage_fingerprint, training_prompts
 from speechalign.config import load_config
-from speechalign.models.acoustic import CONFIG_NAME
 from speechalign.models.codec_lm import METADATA_FILE
+from speechalign.models.speechtokenizer.acoustic import CONFIG_NAME
 from speechalign.preference_store.store import open_store
-from speechalign.tasks.acoustic_stage import SHIPPED_STAGE, stage_config, stage_fingerprint, training_prompts
 
 
 def stamp(src: Path, dst: Path, metadata_file: str, key_path: list[str], fingerprint: str) -> None:

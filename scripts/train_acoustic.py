@@ -1,4 +1,4 @@
-"""Train the acoustic stage (models/acoustic.py) on a machine with a GPU: how the shipped one is made.
+"""Train the acoustic stage (models/speechtokenizer/acoustic.py) on a machine with a GPU: how the shipped one is made.
 
     # here, on a bootstrapped demo work directory: the golden layer-1 units and latents and the recipe's fingerprint
     .venv/bin/python scripts/train_acoustic.py export --workdir speechalign-demo --out acoustic-data.npz
@@ -8,7 +8,7 @@
     cp -r acoustic models/demo_codec/acoustic
 
 The recipe (codec, golden tokens, [codec] acoustic_steps/acoustic_dim/acoustic_layers, seed) is fixed at export;
-`train` reproduces tasks/acoustic_stage.py's training on whatever device it is given.
+`train` reproduces bootstrap/acoustic_stage.py's training on whatever device it is given.
 """
 
 from __future__ import annotations
@@ -24,11 +24,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def export(args) -> None:
+    from speechalign.bootstrap.acoustic_stage import stage_config, stage_fingerprint, training_prompts
     from speechalign.config import load_config
-    from speechalign.models.codec import load_codec
-    from speechalign.models.speech import Synthesizer
+    from speechalign.models.speechtokenizer.codec import load_codec
+    from speechalign.models.speechtokenizer.synthesizer import Synthesizer
     from speechalign.preference_store.store import open_store
-    from speechalign.tasks.acoustic_stage import stage_config, stage_fingerprint, training_prompts
 
     cfg = load_config(workdir=args.workdir, overrides=args.overrides)
     store = open_store(cfg.store_url)

@@ -32,6 +32,9 @@ os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # its telemetry write races the ephemeral DB
 os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
 os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "speechalign")  # our progress lines in Prefect's log
+os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")  # transformers' "Loading weights" bar, at every load
+if not sys.stderr.isatty():  # a log file, CI, a served deployment: no library's bars (ours log their progress)
+    os.environ.setdefault("TQDM_DISABLE", "1")
 warnings.filterwarnings("ignore", message=".*weight_norm.*")
 warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*deprecated.*")
 
@@ -114,10 +117,9 @@ def parser() -> argparse.ArgumentParser:
 
 def _config(args):
     from speechalign.config import load_config
+    from speechalign.runtime.preflight import check_names
 
-    workdir = args.workdir or None
-    cfg = load_config(args.config, args.overrides, workdir)
-    return cfg
+    return check_names(load_config(args.config, args.overrides, args.workdir or None))
 
 
 def _flow_args(cfg, args) -> dict:
@@ -131,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     from speechalign.config import ConfigError
     from speechalign.errors import CampaignStopped, SetupError
     from speechalign.preference_store.round_lock import RoundBusy
-    from speechalign.preflight import PreflightError
+    from speechalign.runtime.preflight import PreflightError
 
     try:
         return COMMANDS[args.command](args)
@@ -163,7 +165,12 @@ def cmd_demo(args) -> int:
         alignment_campaign(rounds=todo, **_flow_args(cfg, args))
     _print_report(cfg)
     print(f"\ndemo wall time: {(time.monotonic() - started) / 60:.1f} min")
-    print(f"MLflow UI: mlflow ui --backend-store-uri {cfg.tracking_uri}")
+    from speechalign.preference_store.store import open_store
+    from speechalign.runtime.tracking import ui_link
+
+    campaign = open_store(cfg.store_url).campaign(cfg.campaign.name)
+    command, url = ui_link(cfg, campaign.mlflow_experiment_id if campaign else None)
+    print(f"MLflow: {os.path.join(os.path.dirname(sys.executable), command)}\n        then open {url}")
     print(f"Listen: every sample's WAV is under {cfg.layout.campaign_dir}/round-NNN/audio/ (heldout/, candidate/, "
           "golden/); each round's MLflow run has audio/ with the recording, its golden tokens decoded and the "
           "round's sample for three held-out sentences")
@@ -286,7 +293,7 @@ def cmd_listen(args) -> int:
     from speechalign.listen.app import add_rater, create_app
     from speechalign.listen.items import NothingToListenTo, build_items, listening_campaign
     from speechalign.preference_store.store import open_store
-    from speechalign.preflight import PreflightError
+    from speechalign.runtime.preflight import PreflightError
 
     url = f"http://{args.host}:{args.port}/"
     try:
@@ -321,7 +328,7 @@ def cmd_policy(args) -> int:
 
     from speechalign.flows.common import ensure_campaign
     from speechalign.preference_store.store import open_store
-    from speechalign.tasks.policies import rebuild_policy
+    from speechalign.runtime.policies import rebuild_policy
 
     _require_workdir(args)
     cfg = _config(args)
@@ -360,13 +367,13 @@ def cmd_config(args) -> int:
 
 
 def cmd_train_codec(args) -> int:
-    from speechalign.tasks.codec_training import train_demo_codec
+    from speechalign.models.speechtokenizer.training import train_demo_codec
 
     manifest = args.manifest
     if not manifest:
         from pathlib import Path
 
-        from speechalign.tasks.demo_corpus import build_demo_corpus
+        from speechalign.bootstrap.demo_corpus import build_demo_corpus
 
         manifest = str(build_demo_corpus(Path(args.out) / "corpus", 800, CODEC_CORPUS_VOICES, args.seed + 1, 175))
     card = train_demo_codec(manifest, args.out, args.distill_steps, args.layer1_codes, args.seed,
@@ -376,7 +383,7 @@ def cmd_train_codec(args) -> int:
 
 
 def cmd_codec_report(args) -> int:
-    from speechalign.tasks.codec_figures import format_figures, reconstruction_figures, update_card
+    from speechalign.models.speechtokenizer.report import format_figures, reconstruction_figures, update_card
 
     _require_workdir(args)
     cfg = _config(args)
@@ -410,7 +417,7 @@ def _require_workdir(args) -> None:
 
 
 def _prepare(cfg, mlflow_too: bool = True) -> None:
-    from speechalign.preflight import prepare
+    from speechalign.runtime.preflight import prepare
 
     prepare(cfg, mlflow_too)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomlkit
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from speechalign.layout import Layout
 
@@ -37,23 +37,6 @@ class Section(BaseModel):
         if isinstance(value, str) and annotation.startswith("list["):
             return [v.strip() for v in value.split(",") if v.strip()]
         return value
-
-
-def _named_numbers(value: Any) -> Any:
-    """Also "metric=0.1,metric=0.2" (--set) and ["metric=0.1", ...] (work directories from before these knobs
-    were tables)."""
-    if isinstance(value, str):
-        value = [v for v in value.split(",") if v.strip()]
-    if isinstance(value, list) and all(isinstance(v, str) for v in value):
-        out = {}
-        for entry in value:
-            name, _, number = entry.partition("=")
-            try:
-                out[name.strip()] = float(number)
-            except ValueError:
-                raise ValueError(f"entry {entry!r} is not metric=number, e.g. dnsmos_ovrl=0.1") from None
-        return out
-    return value
 
 
 def _non_negative(value: dict[str, float]) -> dict[str, float]:
@@ -147,7 +130,8 @@ class ModelConfig(Section):
     speaker_in_prompt: bool = Field(True, description="prefix prompts with <spk:NAME> when the corpus names speakers")
     # loading a large model
     dtype: Literal["auto", "bf16", "fp16", "fp32"] = Field(
-        "auto", description="weights' dtype when loaded: auto: bf16 on a GPU that supports it, else fp32")
+        "auto", description="auto: bf16 on a GPU that supports it; fp16 inference and fp32 master weights for "
+        "training on a GPU without bf16; fp32 on a CPU (models/precision.py decides for every stage)")
     quantization: Literal["none", "8bit", "4bit"] = Field(
         "none", description="train a LoRA adapter on 8-bit or 4-bit weights (QLoRA; bitsandbytes, on a GPU)")
     max_shard_size: str = Field("5GB", description="saved policies are cut into safetensors shards of this size")
@@ -194,6 +178,9 @@ class ScoreConfig(Section):
     nisqa_weights: str = Field("", description="nisqa.tar from github.com/gabrielmittag/NISQA (weights/) for nisqa")
 
 
+CRITERIA = ("golden_vs_synthetic", "unanimous", "pareto", "single:<metric>")  # speechalign/criteria.py
+
+
 class PairsConfig(Section):
     criterion: str = Field("golden_vs_synthetic", description="golden_vs_synthetic (SpeechAlign) | unanimous "
                                                               "(GenSR-Pref) | pareto (NeMo-style fronts) | "
@@ -212,8 +199,25 @@ class PairsConfig(Section):
     human: Literal["off", "mix"] = Field("off", description="mix: add pairs from human listening judgments "
                                                             "(`speechalign listen`) to the DPO data")
 
-    _margins = field_validator("margins", mode="before")(_named_numbers)
     _margins_ok = field_validator("margins")(_non_negative)
+
+    @field_validator("criterion")
+    @classmethod
+    def _known_criterion(cls, name: str) -> str:
+        if name not in CRITERIA[:-1] and not (name.startswith("single:") and name.removeprefix("single:")):
+            raise ValueError(f"pairs.criterion = {name!r}; it can be {', '.join(CRITERIA)}")
+        return name
+
+    @property
+    def ranked_by(self) -> list[str]:
+        """The metric values the criterion compares samples by (speechalign/criteria.py checks that a [score]
+        plug-in produces each): pairs.metrics, the one of single:<metric>, or, for golden_vs_synthetic with a cap
+        on pairs per prompt, unit_edit_distance (the candidates furthest from golden are kept)."""
+        if self.criterion in ("unanimous", "pareto"):
+            return list(self.metrics)
+        if self.criterion.startswith("single:"):
+            return [self.criterion.removeprefix("single:")]
+        return ["unit_edit_distance"] if self.max_pairs_per_prompt else []
 
 
 class GuardConfig(Section):
@@ -235,7 +239,6 @@ class GuardConfig(Section):
     champion_alias: str = Field("champion", description="MLflow alias of the best version so far; empty: never "
                                                         "promote")
 
-    _tolerances = field_validator("tolerances", mode="before")(_named_numbers)
     _tolerances_ok = field_validator("tolerances")(_non_negative)
 
 
@@ -257,8 +260,6 @@ class TrainConfig(Section):
         "auto", description="auto: when bootstrap added speech tokens to your model and did no SFT")
     reference: Literal["previous", "initial"] = Field(
         "previous", description="previous: the round's input policy; initial: the campaign's base model")
-    precision: Literal["auto", "bf16", "fp32"] = Field("auto", description="auto: bf16 on a GPU that supports it, "
-                                                                           "else fp32")
     seed: int = Field(0, description="training seed")
     processes: int = Field(1, ge=1, description="> 1: data-parallel DPO in that many processes (accelerate launch; one "
                                                 "per GPU)")
@@ -323,23 +324,6 @@ class Config(Section):
     campaign: CampaignConfig = Field(default_factory=CampaignConfig)
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
-
-    @model_validator(mode="after")
-    def _criterion_ranks_by_scored_values(self) -> Config:
-        from speechalign.models.metrics import heldout_directions, value_directions  # noqa: PLC0415 - the registry
-        from speechalign.tasks.criteria import check_criterion  # noqa: PLC0415 - criteria live with the pairs stage
-
-        check_criterion(self)
-        try:
-            value_directions(self.evaluate.probe_metrics)
-        except ValueError as error:
-            raise ValueError(f"evaluate.probe_metrics: {error}") from None
-        known = heldout_directions(self.score)
-        unknown = [m for m in self.guard.gate_metrics if m not in known]
-        if unknown:
-            raise ValueError(f"guard.gate_metrics {unknown}: not held-out values with a better side; they can be "
-                             f"{', '.join(known)}")
-        return self
 
     # ---- what the knobs resolve to --------------------------------------------------------------
     @property
@@ -464,8 +448,12 @@ def _explain(error: dict) -> str:
         return f"unknown key {where}; [{loc[0]}] has {known}"
     if error["type"] == "literal_error":
         return f"{where} = {error['input']!r}; it can be {error['ctx']['expected'].replace(' or ', ', ')}"
+    if error["type"] == "dict_type":
+        return (f"{where} = {error['input']!r}: a table of metric = number, e.g. {where} = {{dnsmos_ovrl = 0.05}} in a "
+                f"config file, or --set '{where}={{dnsmos_ovrl = 0.05}}'")
     if error["type"] == "value_error":  # our own checks: the message says it all
-        return (f"{where}: " if loc else "") + str(error["ctx"]["error"])
+        message = str(error["ctx"]["error"])
+        return message if not loc or message.startswith(where) else f"{where}: {message}"
     return f"{where} = {error['input']!r}: {error['msg']}"
 
 

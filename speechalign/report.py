@@ -2,7 +2,7 @@
 
 One table, three renderings: plain text (`speechalign report`, and what `demo`, `round` and `campaign`
 print at the end), markdown (`report --markdown`, the README's tables and the Prefect artifact) and JSON
-(`report --json`). Its columns are figures by their names in tasks/results.py.
+(`report --json`). Its columns are figures by their names in speechalign/runtime/results.py.
 """
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from __future__ import annotations
 import statistics
 
 from speechalign.config import Config, ConfigError, evaluation_setup, setup_differences
-from speechalign.intervals import changes
 from speechalign.listen.figures import listening_figures
 from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.judgments import judged_items
 from speechalign.preference_store.store import open_store, redact
-from speechalign.tasks.context import round_record
+from speechalign.runtime.context import round_record
+from speechalign.stats.intervals import changes
 
 COLUMNS = [  # (header, key, format)
     ("round", "round", "{}"),
@@ -57,8 +57,9 @@ def campaign_report(cfg: Config) -> dict:
         checkpoint = store.checkpoint(rnd.id)
         record = round_record(store, rnd)
         heldout = record.heldout
-        if heldout and heldout.ceiling:
-            ceiling = {name: {f"heldout/{k}": v for k, v in values.items()} for name, values in heldout.ceiling.items()}
+        if record.ceiling:
+            ceiling = {name: {f"heldout/{k}": v for k, v in values.items()}
+                       for name, values in record.ceiling.rows.items()}
         rows.append({
             "round": rnd.number, "status": rnd.status, "policy": rnd.policy_out or rnd.policy_in,
             **record.figures(),

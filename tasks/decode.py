@@ -1,10 +1,13 @@
-"""Decode: samples become 16 kHz WAVs under the round's directory, when something will listen to them.
+"""Decode: samples become WAVs at the codec's rate under the round's directory, when something will listen to them.
 
-Layer-1 units -> acoustic stage -> codec decoder (models/speech.py). Held-out samples are always decoded
-(every held-out metric and the listening page use them). A round's golden and candidate samples are
-decoded only when a metric that needs audio scores them (tasks/score.py `candidate_metrics`: the pair
-criterion ranks by it, or score.candidates = "all"); under golden_vs_synthetic nothing ranks candidates
-by their sound, and the listening page decodes the few it plays when it draws them.
+    decode              a round's golden and candidate samples, only when a metric that needs audio scores them
+                        (tasks/score.py `candidate_metrics`: the pair criterion ranks by it, or score.candidates =
+                        "all"); under golden_vs_synthetic nothing ranks candidates by their sound, and the listening
+                        page decodes the few it plays when it draws them
+    decode_heldout      the held-out and probe samples, always (every held-out metric and the listening page use them)
+
+Units -> acoustic stage -> codec decoder (models/speechtokenizer/synthesizer.py), batched by `write_wavs`, which the
+ceiling's golden tokens (bootstrap/ceiling.py) go through too.
 
 The WAV's path goes into the sample's `audio_path`; a resumed stage decodes only samples whose file is
 not there yet, and each file is written under a temporary name and renamed, so a killed stage never
@@ -14,30 +17,31 @@ audio; the others are decoded.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
 
 from speechalign.config import Config
-from speechalign.faults import fault_point
-from speechalign.layout import Layout
-from speechalign.models.acoustic import load_acoustic
-from speechalign.models.codec import load_codec
 from speechalign.models.codec_lm import METADATA_FILE, expand_runs
 from speechalign.models.metrics import needs_audio
-from speechalign.models.speech import Synthesizer
+from speechalign.models.speechtokenizer.acoustic import load_acoustic
+from speechalign.models.speechtokenizer.codec import load_codec
+from speechalign.models.speechtokenizer.synthesizer import Synthesizer
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.progress import Progress
-from speechalign.tasks.results import Audio, Candidates
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.faults import fault_point
+from speechalign.runtime.progress import Progress
+from speechalign.runtime.results import Audio, Candidates, HeldoutAudio, HeldoutSamples
+from speechalign.runtime.stage import stage
 from speechalign.tasks.score import candidate_metrics
-from speechalign.tasks.stage import stage
 
 log = logging.getLogger(__name__)
 KINDS = ("golden", "candidate", "heldout", "probe")
@@ -52,8 +56,16 @@ def decode(ctx: RoundContext, candidates: Candidates) -> Audio:
     return decode_samples(ctx.cfg, ctx.store, ctx.number, candidates.sample_ids)
 
 
-def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids: Iterable[int]) -> Audio:
-    """Decode the samples (of round `number`) that have no WAV yet, in batches."""
+@stage
+def decode_heldout(ctx: RoundContext, samples: HeldoutSamples) -> HeldoutAudio:
+    decoded = decode_samples(ctx.cfg, ctx.store, ctx.number, samples.sample_ids, "decode_heldout")
+    return HeldoutAudio(**{f.name: getattr(decoded, f.name) for f in dataclasses.fields(decoded)})
+
+
+def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids: Iterable[int],
+                   stage_name: str = "decode") -> Audio:
+    """Decode the samples (of round `number`) that have no WAV yet, in batches; each batch's paths go to the store
+    as it is written."""
     ids = tuple(sample_ids)
     prompts = {p.id: p for p in store.prompts()}
     frames = unit_frames(cfg)
@@ -62,18 +74,22 @@ def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids:
     if not samples:
         return Audio(sample_ids=ids, decoded=0, skipped=0)
     synth = synthesizer(cfg)
-    batch_size = cfg.codec.decode_batch_size
-    started, seconds, failed = time.monotonic(), 0.0, {}
-    batches = [samples[i:i + batch_size] for i in range(0, len(samples), batch_size)]
-    with Progress(f"decode: {len(samples)} samples of round {number} to WAV", len(samples), "sample") as progress:
-        for batch in batches:
-            paths = write_batch(cfg.layout, synth, number, batch, prompts, failed, frames)
-            store.set_audio_paths(paths)
-            seconds += sum(sf.info(p).frames for p in paths.values()) / synth.sample_rate
-            progress.advance(len(batch))
-            fault_point("decode", "mid")
+    started, seconds = time.monotonic(), 0.0
+    jobs = [WavJob(frames(s), prompts[s.prompt_id].speaker,
+                   cfg.layout.audio_file(number, s.kind, s.prompt_id, prompts[s.prompt_id].utterance_id, s.k),
+                   f"{s.kind} sample k={s.k} of {prompts[s.prompt_id].utterance_id}") for s in samples]
+
+    def written(batch: dict[int, str]) -> None:
+        nonlocal seconds
+        store.set_audio_paths({samples[i].id: path for i, path in batch.items()})
+        seconds += sum(sf.info(p).frames for p in batch.values()) / synth.sample_rate
+        fault_point(stage_name, "mid")
+
+    with Progress(f"{stage_name}: {len(samples)} samples of round {number} to WAV", len(samples), "sample") as bar:
+        failures = write_wavs(synth, jobs, cfg.codec.decode_batch_size, written, bar)
     wall = time.monotonic() - started
-    return Audio(sample_ids=ids, decoded=len(samples) - len(failed), skipped=0, failed=failed,
+    return Audio(sample_ids=ids, decoded=len(samples) - len(failures), skipped=0,
+                 failed={str(samples[i].id): why for i, why in failures.items()},
                  audio_seconds=round(seconds, 1), seconds=round(wall, 1),
                  real_time_factor=round(wall / seconds, 4) if seconds else None)
 
@@ -106,22 +122,36 @@ def unit_frames(cfg: Config):
     return lambda s: s.tokens if s.kind == "golden" else expand_runs(s.tokens, run)
 
 
-def write_batch(layout: Layout, synth: Synthesizer, number: int, batch: list[Sample], prompts: dict,
-                failed: dict[str, str], frames=lambda s: s.tokens) -> dict[int, str]:
-    """Decode one batch to WAV files; a sample that fails is recorded in `failed` (the rest go on)."""
-    wavs = synth.synthesize_each([frames(s) for s in batch], [prompts[s.prompt_id].speaker for s in batch],
-                                 len(batch))
-    paths = {}
-    for s, wav in zip(batch, wavs):
-        utterance = prompts[s.prompt_id].utterance_id
-        if isinstance(wav, Exception):
-            failed[str(s.id)] = f"{s.kind} sample k={s.k} of {utterance}: {wav.__class__.__name__}: {wav}"
-            log.warning("decode: %s", failed[str(s.id)])
-            continue
-        path = layout.audio_file(number, s.kind, s.prompt_id, utterance, s.k)
-        write_wav(path, wav, synth.sample_rate)
-        paths[s.id] = str(path)
-    return paths
+@dataclass(frozen=True)
+class WavJob:
+    units: list[int]  # as codec frames
+    speaker: str | None
+    path: Path
+    label: str  # names it in a failure
+
+
+def write_wavs(synth: Synthesizer, jobs: list[WavJob], batch_size: int, written=None,
+               progress: Progress | None = None) -> dict[int, str]:
+    """Decode `jobs` in batches of `batch_size`, in the order given (a batch's padding touches its sequences' last
+    frames, so the order is part of the result), and write each WAV; `written({job index: path})` is told after each
+    batch. A job that cannot be decoded costs only itself: {job index: why} of those that failed."""
+    failures: dict[int, str] = {}
+    for start in range(0, len(jobs), batch_size):
+        batch = jobs[start:start + batch_size]
+        wavs = synth.synthesize_each([j.units for j in batch], [j.speaker for j in batch], len(batch))
+        paths = {}
+        for i, (job, wav) in enumerate(zip(batch, wavs), start=start):
+            if isinstance(wav, Exception):
+                failures[i] = f"{job.label}: {wav.__class__.__name__}: {wav}"
+                log.warning("decode: %s", failures[i])
+                continue
+            write_wav(job.path, wav, synth.sample_rate)
+            paths[i] = str(job.path)
+        if written:
+            written(paths)
+        if progress:
+            progress.advance(len(batch))
+    return failures
 
 
 @lru_cache(maxsize=2)

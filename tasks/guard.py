@@ -1,6 +1,6 @@
 """The collapse guard and the promotion gate: they decide on paired bootstrap intervals, not on means.
 
-A held-out metric regresses when the 95% interval of its change (speechalign/intervals.py: prompt by
+A held-out metric regresses when the 95% interval of its change (speechalign/stats/intervals.py: prompt by
 prompt, the same seeds every round) lies entirely on the worse side, beyond the metric's tolerance
 (guard.tolerances; others guard.default_tolerance of the reference value). A mean that crossed the
 tolerance while its interval still reaches it is noise, and not a regression.
@@ -31,34 +31,31 @@ import dataclasses
 import logging
 
 from speechalign.config import Config, GuardConfig
-from speechalign.intervals import changes, worse_beyond
 from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.results import Heldout, Promotion, Registered, RoundRecord, Trained, Verdict
-from speechalign.tasks.stage import stage
-from speechalign.tracking import round_run
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.results import Heldout, Promotion, Registered, RoundRecord, Trained, Verdict
+from speechalign.runtime.stage import stage
+from speechalign.runtime.tracking import round_run
+from speechalign.stats.intervals import changes, worse_beyond
 
 log = logging.getLogger(__name__)
+
+
 def regressions(guard: GuardConfig, directions: dict[str, bool], current: dict[str, float],
                 reference: dict[str, float], changed: dict[str, list[float]], against: str) -> list[str]:
     """One sentence per held-out metric whose change against `reference` is worse beyond its tolerance,
-    interval and all (`changed`: metric -> [mean change, low, high]). A metric with no interval (results
-    stored by an older version, without per-prompt figures or the gap's intervals) is judged by its mean change."""
+    interval and all (`changed`: metric -> [mean change, low, high], as tasks/evaluate.py gives every figure)."""
     reasons = []
     for metric, higher in directions.items():
-        now, ref = current.get(metric), reference.get(metric)
-        if now is None or ref is None:
+        now, ref, change = current.get(metric), reference.get(metric), changed.get(metric)
+        if now is None or ref is None or change is None:
             continue
         tolerance = guard.tolerances.get(metric, guard.default_tolerance * abs(ref))
-        change = changed.get(metric)
-        interval = (f"95% CI of the change {change[1]:+.4f} to {change[2]:+.4f}" if change
-                    else "no interval stored, judged by the mean")
-        change = change or [now - ref] * 3
         if worse_beyond(change, higher, tolerance):
             worse = -change[0] if higher else change[0]
-            reasons.append(f"held-out {metric} {now:.4f} vs {ref:.4f} ({against}): worse by {worse:.4f}, {interval}, "
-                           f"beyond the tolerance {tolerance:.4f}")
+            reasons.append(f"held-out {metric} {now:.4f} vs {ref:.4f} ({against}): worse by {worse:.4f}, 95% CI of "
+                           f"the change {change[1]:+.4f} to {change[2]:+.4f}, beyond the tolerance {tolerance:.4f}")
     return reasons
 
 

@@ -1,4 +1,4 @@
-"""Pairs: preference pairs from a round's scored samples, by the campaign's criterion (tasks/criteria.py).
+"""Pairs: preference pairs from a round's scored samples, by the campaign's criterion (speechalign/criteria.py).
 
 The stage reports the pair yield (pairs kept / candidate pairs considered) and how different the
 candidates of a prompt are (mean normalised unit edit distance between them): when samples of one
@@ -15,12 +15,12 @@ from __future__ import annotations
 
 from collections import Counter, defaultdict
 
+from speechalign.criteria import candidate_diversity, criterion_function
 from speechalign.preference_store.judgments import judged_items
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.criteria import candidate_diversity, criterion_function
-from speechalign.tasks.results import Pairs, Scores
-from speechalign.tasks.stage import stage
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.results import Pairs, Scores
+from speechalign.runtime.stage import stage
 
 
 def human_pairs(store: PreferenceStore, campaign_id: int, round_id: int) -> list[dict]:

@@ -1,7 +1,7 @@
 """Register: log the round to MLflow and make its merged policy a new version of the registered model.
 
 The round's nested run gets the config's round knobs as params, the DPO curves (per step), the round's
-figures (tasks/results.py: held-out metrics, pairs, guard; step = round number, so rounds line up in
+figures (speechalign/runtime/results.py: held-out metrics, pairs, guard; step = round number, so rounds line up in
 the chart view), stage timings and the LoRA adapter; the policy is logged as a pyfunc model and
 registered, tagged with campaign, round and parent version. Each piece is looked up before it is
 written, so a resumed stage writes nothing twice and leaves exactly one version per round.
@@ -17,18 +17,18 @@ from pathlib import Path
 import mlflow
 from mlflow.entities import Metric, Param
 
+from speechalign.bootstrap.ceiling import golden_wavs
 from speechalign.config import Config
-from speechalign.faults import fault_point
 from speechalign.layout import safe_name
 from speechalign.models.pyfunc import CodecLMModel
 from speechalign.preference_store.schema import Round
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.decode import synthesizer, write_wav
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.faults import fault_point
+from speechalign.runtime.results import Ceiling, Heldout, Pairs, Registered, Trained, Verdict, figures
+from speechalign.runtime.stage import stage
+from speechalign.runtime.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 from speechalign.tasks.evaluate import GAP_FIGURE
-from speechalign.tasks.results import Heldout, Pairs, Registered, Trained, Verdict, figures
-from speechalign.tasks.stage import stage
-from speechalign.tracking import CAMPAIGN_TAG, ROUND_TAG, campaign_run, round_run
 
 LOGGED_SECTIONS = ("generate", "score", "pairs", "train", "evaluate", "guard")
 PIP_REQUIREMENTS = ["torch", "transformers", "peft", "tokenizers", "speechalign"]
@@ -67,13 +67,14 @@ def register(ctx: RoundContext, pairs: Pairs, trained: Trained, heldout: Heldout
 
 
 @stage
-def register_baseline(ctx: RoundContext, heldout: Heldout) -> Registered:
-    """Round 0: the base model's held-out metrics go on the campaign's run at step 0 (no model version)."""
+def register_baseline(ctx: RoundContext, heldout: Heldout, reachable: Ceiling) -> Registered:
+    """Round 0: the base model's held-out metrics and the ceiling go on the campaign's run at step 0 (no model
+    version)."""
     c, _, parent, _ = campaign_run(ctx.cfg, ctx.store, ctx.campaign)
     metrics = figures(heldout)
     if not c.get_metric_history(parent, next(iter(metrics))):
         now = int(time.time() * 1000)
-        ceiling = {f"ceiling/{row}/{k}": v for row, values in heldout.ceiling.items() for k, v in values.items()}
+        ceiling = {f"ceiling/{row}/{k}": v for row, values in reachable.rows.items() for k, v in values.items()}
         c.log_batch(parent, metrics=[Metric(k, v, now, 0) for k, v in {**metrics, **ceiling}.items()])
     log_audio_samples(ctx.cfg, ctx.store, c, parent, ctx.round, "audio/round-0")
     log_gap_figure(ctx, c, parent)
@@ -92,7 +93,7 @@ def interval_figures(heldout: Heldout) -> dict[str, float]:
 
 
 def log_gap_figure(ctx: RoundContext, client, run_id: str) -> None:
-    """The round's golden-vs-synthetic projection (tasks/distribution_gap.py), once."""
+    """The round's golden-vs-synthetic projection (speechalign/stats/distribution_gap.py), once."""
     path = ctx.layout.round_dir(ctx.number) / GAP_FIGURE
     folder = f"distribution_gap/round-{ctx.number}"
     if path.is_file() and not client.list_artifacts(run_id, folder):
@@ -106,22 +107,22 @@ def round_params(cfg: Config) -> list[Param]:
 
 
 def log_audio_samples(cfg: Config, store: PreferenceStore, client, run_id: str, rnd: Round, artifact_path: str) -> int:
-    """For the first few held-out prompts: the real recording, its golden tokens decoded, and this round's
-    sample, as WAVs the MLflow UI plays side by side (plus the sentence). Skipped if already logged."""
+    """For the first few held-out prompts: the real recording, its golden tokens decoded (the ceiling's WAV), and
+    this round's sample, as WAVs the MLflow UI plays side by side (plus the sentence). Skipped if already logged."""
     if client.list_artifacts(run_id, artifact_path):
         return 0
     prompts = {p.id: p for p in store.prompts("heldout")}
-    samples = [s for s in store.samples(rnd.id, "heldout") if s.k == 0 and s.audio_path]
-    synth = synthesizer(cfg)
+    samples = [s for s in store.samples(rnd.id, "heldout") if s.k == 0 and s.audio_path][:AUDIO_PROMPTS]
+    golden = golden_wavs(cfg, [prompts[s.prompt_id] for s in samples])
     with tempfile.TemporaryDirectory() as tmp:
-        for s in samples[:AUDIO_PROMPTS]:
+        for s in samples:
             p = prompts[s.prompt_id]
             folder = Path(tmp) / safe_name(p.utterance_id)[:80]
             folder.mkdir()
             (folder / "text.txt").write_text(p.text + "\n")
             shutil.copyfile(p.golden_audio_path, folder / "1_recording.wav")
-            write_wav(folder / "2_golden_tokens.wav", synth.synthesize([p.golden_tokens[0]], [p.speaker])[0],
-                      synth.sample_rate)
+            if p.id in golden:
+                shutil.copyfile(golden[p.id], folder / "2_golden_tokens.wav")
             shutil.copyfile(s.audio_path, folder / f"3_round_{rnd.number}.wav")
         client.log_artifacts(run_id, tmp, artifact_path)
     return min(len(samples), AUDIO_PROMPTS)

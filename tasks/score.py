@@ -1,11 +1,13 @@
 """Score: metric plug-ins on samples, each (sample, value) once.
 
-Which plug-ins score what:
-- held-out samples: every plug-in of score.metrics and score.heldout_metrics (ASR by default);
-- a round's golden and candidate samples (`candidate_metrics`): the plug-ins the pair criterion ranks by,
-  and those that read only the units (unit edit distance, length ratio: cheap); with score.candidates =
-  "all", every plug-in of score.metrics. (DPO's own logps/chosen and logps/rejected track the policy's
-  likelihood of the pairs, which policy_loglik on candidates would repeat at a model's cost.)
+    score               a round's golden and candidate samples (`candidate_metrics`): the plug-ins the pair
+                        criterion ranks by, and those that read only the units (unit edit distance, length ratio:
+                        cheap); with score.candidates = "all", every plug-in of score.metrics. (DPO's own
+                        logps/chosen and logps/rejected track the policy's likelihood of the pairs, which
+                        policy_loglik on candidates would repeat at a model's cost.)
+    score_heldout       held-out samples: every plug-in of score.metrics and score.heldout_metrics (ASR by
+                        default); the train probe's: those of them in evaluate.probe_metrics
+
 A plug-in that fails on one sample records the failure for that sample (value NULL, with the error) and
 scoring goes on; a resumed stage scores only what is missing. Plug-ins that need the policy
 (policy_loglik) score with the policy that made the samples: the round's input policy for candidates and
@@ -16,17 +18,18 @@ from __future__ import annotations
 
 import logging
 import statistics
+from collections.abc import Iterable, Mapping
 from itertools import groupby
 
 from speechalign.config import Config
 from speechalign.models.metrics import ScoreItem, get_metric, is_cheap, value_directions
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.fan_out import FanOut
-from speechalign.tasks.progress import Progress
-from speechalign.tasks.results import Audio, Scores
-from speechalign.tasks.stage import stage
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.fan_out import FanOut
+from speechalign.runtime.progress import Progress
+from speechalign.runtime.results import Audio, HeldoutAudio, HeldoutScores, Scores
+from speechalign.runtime.stage import stage
 
 log = logging.getLogger(__name__)
 
@@ -37,26 +40,34 @@ def score(ctx: RoundContext, audio: Audio) -> Scores:
                          ctx.round.policy_in)
 
 
+@stage
+def score_heldout(ctx: RoundContext, audio: HeldoutAudio, policy: str) -> HeldoutScores:
+    cfg, store, round_id = ctx.cfg, ctx.store, ctx.round.id
+    kinds = {i: s.kind for i, s in store.samples_by_id(audio.sample_ids).items()}
+    failures = 0
+    for kind, metrics in (("heldout", heldout_metrics(cfg)), ("probe", probe_metrics(cfg))):
+        ids = tuple(i for i in audio.sample_ids if kinds[i] == kind)
+        failures += score_samples(cfg, store, round_id, ids, metrics, policy).failures
+    heldout = [i for i in audio.sample_ids if kinds[i] == "heldout"]
+    return HeldoutScores(sample_ids=audio.sample_ids, metrics=tuple(heldout_metrics(cfg)), failures=failures,
+                         means=sample_means(store, round_id, heldout))
+
+
 def candidate_metrics(cfg: Config) -> list[str]:
     """The plug-ins that score a round's golden and candidate samples (see the module's docstring)."""
     if cfg.score.candidates == "all":
         return list(cfg.score.metrics)
-    ranked = set(ranking_values(cfg))
+    ranked = set(cfg.pairs.ranked_by)
     return [m for m in cfg.score.metrics if is_cheap(m) or ranked & value_directions([m]).keys()]
-
-
-def ranking_values(cfg: Config) -> list[str]:
-    """The metric values the pair criterion compares samples by."""
-    criterion = cfg.pairs.criterion
-    if criterion in ("unanimous", "pareto"):
-        return list(cfg.pairs.metrics)
-    if criterion.startswith("single:"):
-        return [criterion.removeprefix("single:")]
-    return ["unit_edit_distance"] if cfg.pairs.max_pairs_per_prompt else []  # the furthest candidates first
 
 
 def heldout_metrics(cfg: Config) -> list[str]:
     return list(dict.fromkeys(cfg.score.metrics + cfg.score.heldout_metrics))
+
+
+def probe_metrics(cfg: Config) -> list[str]:
+    """The held-out plug-ins that also score the train probe (evaluate.probe_metrics)."""
+    return [m for m in heldout_metrics(cfg) if m in cfg.evaluate.probe_metrics]
 
 
 def score_samples(cfg: Config, store: PreferenceStore, round_id: int, sample_ids: tuple[int, ...],
@@ -73,13 +84,13 @@ def score_samples(cfg: Config, store: PreferenceStore, round_id: int, sample_ids
                 shards = fan.run(score_batches, round_id, batches, name, policy, progress=progress)
             failures += sum(s["failures"] for s in shards)
     return Scores(sample_ids=tuple(sample_ids), metrics=tuple(metrics), failures=failures,
-                  means=means(store, round_id, sample_ids))
+                  means=sample_means(store, round_id, sample_ids))
 
 
 def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: str, policy: str,
                   on_batch=None) -> dict:
     """Score batches of sample IDs with one metric plug-in and store each (sample, value). Runs in the
-    round's process or in a Dask worker (tasks/fan_out.py), so it opens what it needs."""
+    round's process or in a Dask worker (speechalign/runtime/fan_out.py), so it opens what it needs."""
     store = open_store(cfg.store_url)
     metric = get_metric(name, cfg.score, policy)
     samples = {s.id: s for s in store.samples(round_id)}
@@ -148,13 +159,17 @@ def value_rows(metric, result: dict[str, float] | Exception) -> list[dict]:
     return [{"metric": out, "value": float(result[out]), "error": None} for out in metric.outputs]
 
 
-def means(store: PreferenceStore, round_id: int, sample_ids: tuple[int, ...]) -> dict[str, float]:
+def sample_means(store: PreferenceStore, round_id: int, sample_ids: Iterable[int]) -> dict[str, float]:
     """Mean of each value over the samples that are not golden (failed scores left out)."""
     scores, wanted = store.scores(round_id), set(sample_ids)
-    by_metric: dict[str, list[float]] = {}
-    for s in store.samples(round_id):
-        if s.id in wanted and s.kind != "golden":
-            for metric, value in scores.get(s.id, {}).items():
-                if value is not None:
-                    by_metric.setdefault(metric, []).append(value)
-    return {m: statistics.fmean(v) for m, v in sorted(by_metric.items())}
+    return value_means(scores.get(s.id, {}) for s in store.samples(round_id) if s.id in wanted and s.kind != "golden")
+
+
+def value_means(rows: Iterable[Mapping[str, float | None]]) -> dict[str, float]:
+    """{value name: mean} over rows of {value name: value}, a missing or failed (None) value left out."""
+    found: dict[str, list[float]] = {}
+    for row in rows:
+        for name, value in row.items():
+            if value is not None:
+                found.setdefault(name, []).append(value)
+    return {name: statistics.fmean(values) for name, values in sorted(found.items())}

@@ -2,8 +2,8 @@
 
 The reference model is the round's input policy by default (PEFT's adapter-disabled model, so no
 second copy is held); `train.reference = "initial"` makes it the campaign's base model instead.
-bf16 on a GPU that supports it, fp32 on CPU. Training holds the host's lock for its device
-(speechalign/host_lock.py), so two campaigns never train on one GPU at the same time. With
+dtypes follow `[model] dtype` and the hardware (models/precision.py). Training holds the host's lock for its
+device (speechalign/runtime/host_lock.py), so two campaigns never train on one GPU at the same time. With
 train.processes > 1 the stage launches data-parallel DPO with accelerate (tasks/train_launch.py).
 """
 
@@ -22,22 +22,17 @@ from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from speechalign.config import Config
-from speechalign.host_lock import HostTrainingLock, device_name
-from speechalign.models.codec_lm import CodecLM, load_codec_lm, load_options
+from speechalign.models.codec_lm import CodecLM, load_codec_lm, load_options, release_policies
+from speechalign.models.precision import Precision, decide_precision
 from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.results import Pairs, Trained
-from speechalign.tasks.stage import stage
-from speechalign.tasks.training_progress import TrainingProgress
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.host_lock import HostTrainingLock, device_name
+from speechalign.runtime.results import Pairs, Trained
+from speechalign.runtime.stage import stage
+from speechalign.runtime.training_progress import TrainingProgress
 
 DPO_METRICS = ("loss", "rewards/chosen", "rewards/rejected", "rewards/accuracies", "rewards/margins",
                "logps/chosen", "logps/rejected", "grad_norm")
-
-
-def precision(cfg: Config) -> str:
-    if cfg.train.precision != "auto":
-        return cfg.train.precision
-    return "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "fp32"
 
 
 def preference_dataset(store: PreferenceStore, round_id: int, lm: CodecLM) -> Dataset:
@@ -66,6 +61,7 @@ def train(ctx: RoundContext, pairs: Pairs) -> Trained:
     """DPO on the round's pairs, in this process or in train.processes processes under `accelerate launch`."""
     cfg = ctx.cfg
     label = f"campaign {cfg.campaign.name} round {ctx.number} ({pairs.pairs + pairs.human_pairs} pairs)"
+    release_policies()  # the input policy generation held: training loads its own copy
     with ExitStack() as held:  # the lock of every GPU the run uses, always in the same order
         locks = [held.enter_context(HostTrainingLock(label, device)) for device in training_devices(cfg)]
         if cfg.train.processes > 1:
@@ -99,7 +95,7 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
 
         lm.model = prepare_model_for_kbit_training(lm.model, use_gradient_checkpointing=t.gradient_checkpointing)
     dataset = preference_dataset(store, round_id, lm)
-    mode = precision(cfg)
+    precision = decide_precision(cfg.model.dtype)
     train_embeddings = t.train_embeddings == "true" or (
         t.train_embeddings == "auto" and lm.metadata.get("added_tokens", 0) > 0 and not lm.metadata.get("sft"))
     lora = LoraConfig(
@@ -114,12 +110,13 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
         loss_type=t.loss_type, loss_weights=t.loss_weights or None, max_length=t.max_length,
         lr_scheduler_type="constant_with_warmup", warmup_steps=min(5, len(dataset) // t.batch_size),
         logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=True, seed=t.seed,
-        bf16=mode == "bf16", use_cpu=not torch.cuda.is_available(), gradient_checkpointing=t.gradient_checkpointing,
+        **precision.trainer_flags(), gradient_checkpointing=t.gradient_checkpointing,
         dataloader_num_workers=0, remove_unused_columns=False,
     )
     ref_model = None
     if t.reference == "initial":
-        ref_model = load_codec_lm(campaign_base(cfg, store, rnd.campaign_id), for_training=True).model
+        # the campaign's base model, frozen: in the inference dtype, never an fp32 copy of a bf16 model
+        ref_model = load_codec_lm(campaign_base(cfg, store, rnd.campaign_id), precision=precision).model
     progress = TrainingProgress("train", ("loss", "rewards/accuracies", "rewards/margins"))
     trainer = DPOTrainer(model=lm.model, ref_model=ref_model, args=args, train_dataset=dataset,
                          processing_class=lm.tokenizer, peft_config=lora, callbacks=[progress])
@@ -131,9 +128,9 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
                for h in trainer.state.log_history if "rewards/accuracies" in h]
     trainer.model.save_pretrained(adapter_dir)
     if quantized:  # 8-/4-bit weights cannot take the adapter: merge it into the input policy in its dtype
-        merged = merge_adapter(rnd.policy_in, adapter_dir, load_options(cfg.model)["dtype"]).model
-    else:
-        merged = trainer.model.merge_and_unload()
+        merged = merge_adapter(rnd.policy_in, adapter_dir, precision).model
+    else:  # saved in the dtype it is served in (fp32 master weights train on a GPU without bf16)
+        merged = trainer.model.merge_and_unload().to(precision.inference)
     metadata = {**lm.metadata, "parent": rnd.policy_in, "round": rnd.number}
     tmp = policy_dir.with_name("policy.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -143,17 +140,17 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
     tail = history[-max(1, len(history) // 4):]
     return Trained(
         policy=str(policy_dir), adapter=str(adapter_dir), pairs=len(dataset), steps=int(trainer.state.global_step),
-        precision=mode, runtime_s=float(output.metrics.get("train_runtime", 0.0)), reference=t.reference,
+        precision=precision.name, runtime_s=float(output.metrics.get("train_runtime", 0.0)), reference=t.reference,
         processes=trainer.accelerator.num_processes,
         final={k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
         history=history)
 
 
-def merge_adapter(policy: str, adapter: str, dtype=torch.float32) -> CodecLM:
-    """A round's policy again: its input policy with its LoRA adapter merged in (PEFT)."""
+def merge_adapter(policy: str, adapter: str, precision: Precision) -> CodecLM:
+    """A round's policy again: its input policy, in the inference dtype, with its LoRA adapter merged in (PEFT)."""
     from peft import PeftModel  # noqa: PLC0415
 
-    lm = load_codec_lm(policy, for_training=True, dtype=dtype)
+    lm = load_codec_lm(policy, for_training=True, dtype=precision.inference)
     lm.model = PeftModel.from_pretrained(lm.model, adapter).merge_and_unload()
     return lm
 

@@ -2,7 +2,7 @@
 
 The stage (tasks/train.py) writes the round's config next to its output and runs
 
-    accelerate launch --num_processes N --multi_gpu --mixed_precision bf16|no \\
+    accelerate launch --num_processes N --multi_gpu --mixed_precision bf16|fp16|no \\
         -m speechalign.tasks.train_launch <workdir> <config.toml> <round id> <result.json>
 
 Every process loads the policy and trains on its share of each batch (TRL's DPOTrainer under
@@ -22,16 +22,17 @@ from pathlib import Path
 import torch
 
 from speechalign.config import Config, load_config
+from speechalign.models.precision import decide_precision
 from speechalign.preference_store.store import open_store
-from speechalign.tasks.results import Trained, dump, load
-from speechalign.tasks.train import precision, run_dpo
+from speechalign.runtime.results import Trained, dump, load
+from speechalign.tasks.train import run_dpo
 
 log = logging.getLogger(__name__)
 
 
 def launch_command(cfg: Config, config_file: Path, round_id: int, result_file: Path) -> list[str]:
     """`accelerate launch` of this module: one process per GPU (DDP), or gloo processes on a machine without."""
-    mixed = "bf16" if precision(cfg) == "bf16" else "no"  # as the processes' DPOConfig will have it
+    mixed = decide_precision(cfg.model.dtype).autocast  # as the processes' DPOConfig will have it
     return [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(cfg.train.processes),
             "--num_machines", "1", "--mixed_precision", mixed, "--dynamo_backend", "no",
             "--multi_gpu",  # torchrun's launcher: NCCL on GPUs, gloo on a machine without (DPOConfig use_cpu)

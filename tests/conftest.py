@@ -19,6 +19,7 @@ os.environ.update({
     "HF_HUB_OFFLINE": "1",
     "TOKENIZERS_PARALLELISM": "false",
     "HF_DATASETS_DISABLE_PROGRESS_BARS": "1",
+    "HF_HUB_DISABLE_PROGRESS_BARS": "1",
     "PREFECT_HOME": str(_SESSION_HOME / "prefect"),
     "PREFECT_LOCAL_STORAGE_PATH": str(_SESSION_HOME / "prefect" / "storage"),
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
@@ -84,7 +85,7 @@ def built_once(tmp_path_factory, name: str, build) -> Path:
 @pytest.fixture(scope="session")
 def espeak_corpus(tmp_path_factory) -> Path:
     """24 utterances in two espeak voices, with a manifest in the format users give."""
-    from speechalign.tasks.demo_corpus import build_demo_corpus
+    from speechalign.bootstrap.demo_corpus import build_demo_corpus
 
     def build(folder: Path) -> None:
         build_demo_corpus(folder, 24, ["en-us+m3", "en-gb+f3"], seed=7, speed=175)
@@ -95,7 +96,7 @@ def espeak_corpus(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def codec():
     from speechalign.config import Config
-    from speechalign.models.codec import load_codec
+    from speechalign.models.speechtokenizer.codec import load_codec
 
     return load_codec(*Config().codec.files())
 
@@ -155,7 +156,7 @@ def bootstrap_template(tmp_path_factory, espeak_corpus, prefect_server):
 
     def build(folder: Path) -> None:
         from speechalign.flows.bootstrap import bootstrap
-        from speechalign.preflight import prepare
+        from speechalign.runtime.preflight import prepare
 
         cfg = tiny_config(folder / "work", f"sqlite:///{folder / 'store.db'}", espeak_corpus, "prefect.task_retries=0")
         prepare(cfg)

@@ -1,7 +1,9 @@
-"""Real servers (mlflow server, prefect server) started as subprocesses for a test, and stopped after it."""
+"""Real servers (mlflow server, prefect server) started as subprocesses for a test, and stopped after it; the headless
+browser that looks at their pages."""
 
 from __future__ import annotations
 
+import shutil
 import socket
 import subprocess
 import time
@@ -48,3 +50,19 @@ def _healthy(url: str) -> bool:
             return resp.status == 200
     except OSError:
         return False
+
+
+def chromium():
+    """Headless Debian chromium through its own chromedriver (same version; selenium-manager never downloads)."""
+    if not (shutil.which("chromium") and Path("/usr/bin/chromedriver").exists()):
+        pytest.skip("no chromium / chromedriver: `apt-get install -y chromium chromium-driver` "
+                    "(scripts/install.sh installs them with the dev extra)")
+    from selenium import webdriver
+    from selenium.webdriver.chrome.service import Service
+
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio", "--window-size=900,820",
+                "--autoplay-policy=no-user-gesture-required"):
+        options.add_argument(arg)
+    return webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))

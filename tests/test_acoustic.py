@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from speechalign.models.acoustic import AcousticConfig, latent_error, load_acoustic, train_acoustic
-from speechalign.models.codec import encode
-from speechalign.models.speech import Synthesizer
-from speechalign.tasks.demo_corpus import speak
+from speechalign.bootstrap.demo_corpus import speak
+from speechalign.models.speechtokenizer.acoustic import AcousticConfig, latent_error, load_acoustic, train_acoustic
+from speechalign.models.speechtokenizer.codec import encode
+from speechalign.models.speechtokenizer.synthesizer import Synthesizer
 
 SENTENCES = ["The old farmer found a red box.", "My sister painted the wooden chair.",
              "A young pilot opened the narrow window.", "The baker sold two golden clocks."]
@@ -43,7 +43,7 @@ def test_the_acoustic_stage_learns_the_latent_of_all_layers_from_layer_1_and_the
 
 def test_synthesizer_makes_a_wav_per_sequence_in_both_modes(codec, golden):
     codes, speakers = golden
-    from speechalign.models.acoustic import AcousticStage
+    from speechalign.models.speechtokenizer.acoustic import AcousticStage
 
     units = [codes[0][0].tolist(), [], codes[1][0][:7].tolist()]
     for acoustic in (None, AcousticStage(AcousticConfig(latent_dim=codec.quantizer.dimension, dim=32, layers=1,

@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from speechalign.audio import resample
-from speechalign.models import audio_quality as aq
+from speechalign.bootstrap.demo_corpus import speak
+from speechalign.models.audio import resample
 from speechalign.models.metrics import ScoreItem
 from speechalign.models.metrics.dnsmos import Dnsmos, repeat_pad, window_starts
 from speechalign.models.metrics.speaker import SpeakerSimilarity
-from speechalign.tasks.demo_corpus import speak
+from speechalign.models.speechtokenizer import audio_quality as aq
 
 TEXT = "The tired doctor opened the wooden window this morning."
 OTHER = "Where did you put the golden map?"
@@ -75,7 +75,7 @@ def test_batched_dnsmos_gives_speechmos_values_clip_by_clip(clips, dnsmos_metric
         want = dnsmos.run(wav, 16000)
         for key in ("sig", "bak", "ovrl"):
             assert got[key] == pytest.approx(float(want[f"{key}_mos"]), abs=1e-3), (name, key)
-    # the per-clip helper (tasks/codec_figures.py) is the same implementation
+    # the per-clip helper (models/speechtokenizer/report.py) is the same implementation
     assert aq.dnsmos(cases["2.8 s, two windows"]) == pytest.approx(ours[2], abs=1e-5)
 
 

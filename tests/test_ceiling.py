@@ -1,4 +1,4 @@
-"""The ceiling (tasks/ceiling.py): scored once per scoring setup, read again without scoring, and one bad
+"""The ceiling (bootstrap/ceiling.py): scored once per scoring setup, read again without scoring, and one bad
 recording costs only its own values."""
 
 import numpy as np
@@ -6,9 +6,9 @@ import pytest
 import soundfile as sf
 from sqlalchemy import update
 
+from speechalign.bootstrap.ceiling import measure_ceiling, scoring_fingerprint
 from speechalign.preference_store.schema import CeilingScore, Prompt
 from speechalign.preference_store.store import open_store
-from speechalign.tasks.ceiling import measure_ceiling, scoring_fingerprint
 from tests.conftest import light_scoring
 
 

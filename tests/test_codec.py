@@ -6,9 +6,9 @@ import torch
 from rapidfuzz.distance import Levenshtein
 from speechtokenizer import SpeechTokenizer
 
+from speechalign.bootstrap.demo_corpus import speak
 from speechalign.config import Config
-from speechalign.models.codec import DEMO_CODEC_CONFIG, decode, encode, fit_codebooks, load_codec
-from speechalign.tasks.demo_corpus import speak
+from speechalign.models.speechtokenizer.codec import DEMO_CODEC_CONFIG, decode, encode, fit_codebooks, load_codec
 
 # models/demo_codec/MODEL_CARD.md, "codec, 8 layers" on 40 held-out demo utterances
 CARD = {"speaker_similarity": 0.928, "mcd_db": 1.40, "ovrl_gap": 2.80 - 2.47}
@@ -41,7 +41,7 @@ def test_layer1_codes_follow_the_words_not_the_waveform(codec):
 
 
 def test_fitting_codebooks_turns_all_zero_codes_into_meaningful_ones():
-    """A random SpeechTokenizer codes every frame as 0 (NOTES); fitted codebooks do not."""
+    """A random SpeechTokenizer codes every frame as 0 (its codebooks start at zero); fitted codebooks do not."""
     config = {**DEMO_CODEC_CONFIG, "n_q": 2, "codebook_size": 64}
     torch.manual_seed(0)
     codec = SpeechTokenizer(config).eval()
@@ -57,7 +57,7 @@ def test_fitting_codebooks_turns_all_zero_codes_into_meaningful_ones():
 
 def test_the_shipped_codec_reconstructs_a_fresh_utterance_as_its_model_card_says(codec):
     """Encode + decode a sentence the codec never heard; the figures are the model card's, with a tolerance."""
-    from speechalign.models import audio_quality as aq
+    from speechalign.models.speechtokenizer import audio_quality as aq
 
     audio = speak("The clever student borrowed a shiny kettle behind the school.", "en-gb+f3", 175, 16000)
     recon = decode(codec, encode(codec, [audio])[0])

@@ -1,5 +1,7 @@
 """The codec LM: units survive tokenization, and a user's own HF model goes through the same path."""
 
+from dataclasses import asdict
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers, trainers
@@ -18,6 +20,8 @@ from speechalign.models.codec_lm import (
 )
 from speechalign.models.sampling import Sampling, generate_units
 
+NO_SPEAKER = asdict(SpeechFormat(speaker_in_prompt=False))
+
 
 def test_demo_tokenizer_keeps_units_speakers_and_lowercases_text():
     tok = build_demo_tokenizer(1024, ["en-us+m3"])
@@ -30,7 +34,7 @@ def test_demo_tokenizer_keeps_units_speakers_and_lowercases_text():
 def test_a_tokenizer_that_loses_units_is_refused():
     vocab = {"<unk>": 0, "<sosp>": 1, "<eosp>": 2, "a": 3, "b": 4}
     core = Tokenizer(models.WordLevel(vocab=vocab, unk_token="<unk>"))
-    core.pre_tokenizer = pre_tokenizers.Split("<[^>]+>|.", behavior="isolated")  # a plain string: the NOTES trap
+    core.pre_tokenizer = pre_tokenizers.Split("<[^>]+>|.", behavior="isolated")  # a plain string: matched literally
     tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token="<unk>")
     with pytest.raises(ValueError, match="does not keep codec units"):
         check_units_survive(tok, 16)
@@ -66,7 +70,7 @@ def test_users_hf_model_gets_the_speech_vocabulary_and_generates_units(tmp_path)
 
 def test_generation_is_seeded_and_yields_only_units():
     tok = build_demo_tokenizer(32, [])
-    lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "speaker_in_prompt": False})
+    lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "format": NO_SPEAKER})
     prompts = [lm.prompt("open the box.", None), lm.prompt("a longer sentence here.", None)]
     first = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=5)
     again = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=5)
@@ -79,11 +83,11 @@ def test_generation_is_seeded_and_yields_only_units():
     assert torch.is_grad_enabled()  # generation leaves autograd as it found it
 
 
-def test_golden_nll_is_the_token_weighted_mean_of_each_items_loss():
-    from speechalign.models.likelihood import golden_nll, sequence_nll
+def test_sequence_nll_is_each_items_own_loss_padded_or_not():
+    from speechalign.models.likelihood import sequence_nll
 
     tok = build_demo_tokenizer(32, [])
-    lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "speaker_in_prompt": False})
+    lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "format": NO_SPEAKER})
     items = [(lm.prompt("open the box.", None), [3, 4, 5, 6, 7, 8, 9]), (lm.prompt("hi.", None), [1, 2])]
     per_item = []
     for prompt, units in items:  # the model's own loss over the completion tokens, one unpadded item at a time
@@ -92,9 +96,7 @@ def test_golden_nll_is_the_token_weighted_mean_of_each_items_loss():
         with torch.no_grad():
             loss = lm.model(input_ids=torch.tensor([p + c]), labels=torch.tensor([[-100] * len(p) + c])).loss
         per_item.append((float(loss), len(c)))
-    expected = sum(loss * n for loss, n in per_item) / sum(n for _, n in per_item)
-    assert golden_nll(lm, items, batch_size=2) == pytest.approx(expected, rel=1e-5)  # padded batch
-    assert golden_nll(lm, items, batch_size=1) == pytest.approx(expected, rel=1e-5)
-    assert expected > 0 and per_item[0][0] != pytest.approx(per_item[1][0])
-    # the policy_loglik metric's per-sequence figure is each item's own mean loss, padded or not
+    assert per_item[0][0] > 0 and per_item[0][0] != pytest.approx(per_item[1][0])
+    # golden_nll and policy_loglik per sequence: each item's own mean loss, in a padded batch or alone
     assert sequence_nll(lm, items, batch_size=2) == pytest.approx([loss for loss, _ in per_item], rel=1e-5)
+    assert sequence_nll(lm, items, batch_size=1) == pytest.approx([loss for loss, _ in per_item], rel=1e-5)

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 
 from speechalign.config import Config, ConfigError, load_config, render_toml, save_config
+from speechalign.runtime.preflight import check_names
 
 pytestmark = pytest.mark.pure  # make test-fast
 
@@ -40,12 +41,13 @@ def test_workdir_config_is_read_back_and_overridden_per_command(tmp_path):
     assert load_config(workdir=str(tmp_path)).store_url == f"sqlite:///{tmp_path / 'store.db'}"
 
 
-def test_a_work_directory_written_before_tables_still_loads(tmp_path):
-    (tmp_path / "config.toml").write_text('[guard]\ntolerances = ["unit_edit_distance=0.03", "asr_wer=0.1"]\n'
-                                          '[pairs]\nmargins = ["dnsmos_ovrl=0.05"]\n')
-    cfg = load_config(workdir=str(tmp_path))
-    assert cfg.guard.tolerances == {"unit_edit_distance": 0.03, "asr_wer": 0.1}
-    assert cfg.pairs.margins == {"dnsmos_ovrl": 0.05}
+def test_a_table_knob_written_as_a_list_is_refused_with_the_table_to_write(tmp_path):
+    (tmp_path / "config.toml").write_text('[guard]\ntolerances = ["unit_edit_distance=0.03", "asr_wer=0.1"]\n')
+    with pytest.raises(ConfigError, match=r"guard.tolerances = \['unit_edit_distance=0.03', 'asr_wer=0.1'\]: a table "
+                                          r"of metric = number, e.g. guard.tolerances = \{dnsmos_ovrl = 0.05\}"):
+        load_config(workdir=str(tmp_path))
+    (tmp_path / "config.toml").write_text('[guard]\ntolerances = {unit_edit_distance = 0.03, asr_wer = 0.1}\n')
+    assert load_config(workdir=str(tmp_path)).guard.tolerances["asr_wer"] == 0.1
 
 
 @pytest.mark.parametrize("override, message", [
@@ -63,7 +65,7 @@ def test_a_work_directory_written_before_tables_still_loads(tmp_path):
 def test_bad_knobs_are_named(override, message):
     with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("]", r"\]").replace("{", r"\{")
                        .replace("}", r"\}").replace("(", r"\(").replace(")", r"\)")):
-        load_config(overrides=[override])
+        check_names(load_config(overrides=[override]))  # what every command does before any work
 
 
 def test_choices_are_checked_when_the_config_is_read():

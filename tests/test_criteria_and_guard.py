@@ -3,9 +3,10 @@
 import pytest
 
 from speechalign.config import Config, ConfigError, load_config
+from speechalign.criteria import candidate_diversity, criterion_function, single, unanimous
 from speechalign.models.metrics import heldout_directions
 from speechalign.preference_store.schema import Sample
-from speechalign.tasks.criteria import candidate_diversity, criterion_function, single, unanimous
+from speechalign.runtime.preflight import check_names
 from speechalign.tasks.guard import collapse_signals, regressions
 
 pytestmark = pytest.mark.pure  # make test-fast
@@ -58,24 +59,29 @@ def test_single_metric_criterion_and_identical_samples():
     assert candidate_diversity(twins) == 0.0 and candidate_diversity(samples) > 0
 
 
-def test_criteria_are_checked_when_the_config_loads():
+def checked(*overrides: str) -> Config:
+    """A config as every command takes it: read, then its plug-in and criterion names checked."""
+    return check_names(load_config(None, list(overrides)))
+
+
+def test_criteria_are_checked_before_any_work():
     with pytest.raises(ConfigError, match="scored on held-out samples only"):
-        load_config(None, ["pairs.criterion=single:asr_cer"])
-    cfg = load_config(None, ["pairs.criterion=single:asr_cer", "score.metrics=unit_edit_distance,asr"])
+        checked("pairs.criterion=single:asr_cer")
+    cfg = checked("pairs.criterion=single:asr_cer", "score.metrics=unit_edit_distance,asr")
     assert cfg.pairs.criterion == "single:asr_cer"
     with pytest.raises(ConfigError, match="no \\[score\\] metric produces"):
-        load_config(None, ["pairs.criterion=single:nisqa_mos"])
+        checked("pairs.criterion=single:nisqa_mos")
     with pytest.raises(ConfigError, match="reported only"):
-        load_config(None, ["pairs.criterion=single:length_ratio"])
+        checked("pairs.criterion=single:length_ratio")
     with pytest.raises(ConfigError, match="it can be golden_vs_synthetic, unanimous, pareto, single:<metric>"):
-        load_config(None, ["pairs.criterion=best_of_n"])
-    with pytest.raises(ConfigError, match="pairs.margins: entry 'dnsmos_ovrl' is not metric=number"):
+        load_config(None, ["pairs.criterion=best_of_n"])  # the name's form: when the config is read
+    with pytest.raises(ConfigError, match="pairs.margins = 'dnsmos_ovrl': a table of metric = number"):
         load_config(None, ["pairs.margins=dnsmos_ovrl"])
     with pytest.raises(ConfigError, match="every entry is a metric name and a number >= 0"):
         load_config(None, ["pairs.margins={dnsmos_ovrl = -0.1}"])
     assert load_config(None, ["pairs.margins.dnsmos_ovrl=0.05"]).pairs.margins == {"dnsmos_ovrl": 0.05}
     with pytest.raises(ConfigError, match="unknown metric 'mos'"):
-        load_config(None, ["pairs.criterion=unanimous", "pairs.metrics=dnsmos_ovrl", "score.metrics=mos"])
+        checked("pairs.criterion=unanimous", "pairs.metrics=dnsmos_ovrl", "score.metrics=mos")
     with pytest.raises(ConfigError, match="guard.action"):
         load_config(None, ["guard.action=panic"])
 
@@ -104,18 +110,28 @@ def test_collapse_needs_saturated_accuracy_inflated_margins_and_a_falling_chosen
     assert collapse_signals(cfg.guard, COLLAPSED) == []
 
 
-def test_a_held_out_metric_worse_than_its_tolerance_is_a_regression():
+def test_a_held_out_metric_worse_than_its_tolerance_interval_and_all_is_a_regression():
     cfg = Config()
     before = {"unit_edit_distance": 0.660, "dnsmos_ovrl": 2.50, "length_ratio": 0.8, "golden_nll": 2.00}
     after = {"unit_edit_distance": 0.704, "dnsmos_ovrl": 2.45, "length_ratio": 0.5, "golden_nll": 2.09}
+    changed = {"unit_edit_distance": [0.044, 0.035, 0.060],  # the whole interval beyond the tolerance 0.02
+               "golden_nll": [0.090, 0.060, 0.120],  # beyond 0.05
+               "dnsmos_ovrl": [-0.050, -0.080, -0.020],  # within 0.1
+               "length_ratio": [-0.300, -0.400, -0.200]}  # no better side
     directions = heldout_directions(cfg.score)
-    reasons = regressions(cfg.guard, directions, after, before, {}, "round 2")  # no intervals: the means decide
-    assert len(reasons) == 2  # UED +0.044 > 0.02 and NLL +0.09 > 0.05; OVRL -0.05 within 0.1; length ratio has no side
-    assert reasons[0].startswith("held-out unit_edit_distance 0.7040 vs 0.6600 (round 2): worse by 0.0440")
-    assert regressions(cfg.guard, directions, before, after, {}, "x") == []  # better is never a regression
-    cfg.guard.tolerances = {}  # unlisted metrics: 5% of the reference value
-    # UED +6.7% > 5%; NLL +4.5% within
-    assert len(regressions(cfg.guard, directions, after, before, {}, "round 2")) == 1
+    reasons = regressions(cfg.guard, directions, after, before, changed, "round 2")
+    assert reasons == ["held-out unit_edit_distance 0.7040 vs 0.6600 (round 2): worse by 0.0440, 95% CI of the change "
+                       "+0.0350 to +0.0600, beyond the tolerance 0.0200",
+                       "held-out golden_nll 2.0900 vs 2.0000 (round 2): worse by 0.0900, 95% CI of the change "
+                       "+0.0600 to +0.1200, beyond the tolerance 0.0500"]
+    # a mean beyond the tolerance whose interval still reaches it is noise, not a regression
+    noisy = {**changed, "unit_edit_distance": [0.044, 0.010, 0.080], "golden_nll": [0.090, 0.040, 0.140]}
+    assert regressions(cfg.guard, directions, after, before, noisy, "round 2") == []
+    better = {m: [-a, -c, -b] for m, (a, b, c) in changed.items()}
+    assert regressions(cfg.guard, directions, before, after, better, "x") == []  # better is never a regression
+    cfg.guard.tolerances = {}  # unlisted metrics: 5% of the reference value: UED's 0.033 and NLL's 0.100
+    [reason] = regressions(cfg.guard, directions, after, before, changed, "round 2")
+    assert reason.startswith("held-out unit_edit_distance") and reason.endswith("beyond the tolerance 0.0330")
 
 
 def test_pareto_fronts_give_the_best_allowed_against_the_last_front():
@@ -133,5 +149,5 @@ def test_pareto_fronts_give_the_best_allowed_against_the_last_front():
     level = {i: {"asr_wer": 0.3, "speaker_similarity": 0.5} for i in (1, 2, 3, 4)}  # one front: no preference
     assert criterion_function(cfg)(samples, level, cfg).pairs == []
     with pytest.raises(ConfigError, match="chosen_limits names \\['dnsmos_ovrl'\\]"):
-        load_config(None, ["pairs.criterion=pareto", "pairs.metrics=asr_wer", "score.metrics=asr",
-                           "pairs.chosen_limits={dnsmos_ovrl = 3.0}"])
+        checked("pairs.criterion=pareto", "pairs.metrics=asr_wer", "score.metrics=unit_edit_distance,asr",
+                "pairs.chosen_limits={dnsmos_ovrl = 3.0}")

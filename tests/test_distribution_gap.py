@@ -5,7 +5,7 @@ import random
 
 import pytest
 
-from speechalign.tasks.distribution_gap import bigram_kl, gap_changes, unit_kl
+from speechalign.stats.distribution_gap import bigram_kl, gap_changes, unit_kl
 
 pytestmark = pytest.mark.pure
 

@@ -7,12 +7,12 @@ import sys
 import threading
 import time
 
-from speechalign.host_lock import HostTrainingLock
+from speechalign.runtime.host_lock import HostTrainingLock
 
 HOLD = """
 import sys, time
 from pathlib import Path
-from speechalign.host_lock import HostTrainingLock
+from speechalign.runtime.host_lock import HostTrainingLock
 with HostTrainingLock("holder", device="cuda0", directory=Path(sys.argv[1])):
     print("holding", flush=True)
     time.sleep(600)

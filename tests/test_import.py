@@ -5,8 +5,8 @@ import json
 import numpy as np
 import soundfile as sf
 
-from speechalign.tasks.demo_corpus import speak
-from speechalign.tasks.import_corpus import assign_splits, import_corpus
+from speechalign.bootstrap.demo_corpus import speak
+from speechalign.bootstrap.import_corpus import assign_splits, import_corpus
 
 
 def _bad_manifest(tmp_path, espeak_corpus):

@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from speechalign.config import Config
-from speechalign.intervals import changes, paired_change, worse_beyond
+from speechalign.runtime.results import Heldout, Registered, RoundRecord, Trained, Verdict
+from speechalign.stats.intervals import changes, paired_change, worse_beyond
 from speechalign.tasks.guard import guard_verdict, promotion_verdict
-from speechalign.tasks.results import Heldout, Registered, RoundRecord, Trained, Verdict
 
 pytestmark = pytest.mark.pure  # make test-fast
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import sys
 import urllib.error
 import urllib.request
@@ -18,6 +17,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
+from speechalign.bootstrap.demo_corpus import speak
 from speechalign.cli import main
 from speechalign.listen.figures import listening_figures, wilson
 from speechalign.listen.items import build_items
@@ -25,12 +25,11 @@ from speechalign.preference_store import judgments
 from speechalign.preference_store.schema import Judgment, ListeningItem, Pair
 from speechalign.preference_store.store import open_store
 from speechalign.report import campaign_report, format_table
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.demo_corpus import speak
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.results import Scores
 from speechalign.tasks.pairs import build_pairs
-from speechalign.tasks.results import Scores
 from tests.conftest import database_url
-from tests.servers import free_port, running_server
+from tests.servers import chromium, free_port, running_server
 
 HELDOUT = ["Bring the red box.", "Open the green window."]
 TRAIN = ["The baker sold a lamp.", "My uncle fixed the clock."]
@@ -42,7 +41,7 @@ class Campaign:
 
     def __init__(self, workdir: Path, store_url: str):
         from speechalign.config import load_config, save_config
-        from speechalign.preflight import prepare
+        from speechalign.runtime.preflight import prepare
 
         self.cfg = load_config(overrides=[f'store.url="{store_url}"'], workdir=str(workdir))
         save_config(self.cfg)
@@ -115,22 +114,6 @@ def get(url: str, token: str | None = None, data: dict | None = None) -> tuple[i
             return response.status, response.read(), response.headers.get("content-type", "")
     except urllib.error.HTTPError as exc:
         return exc.code, exc.read(), exc.headers.get("content-type", "")
-
-
-def chromium():
-    """Headless Debian chromium through its own chromedriver (same version; selenium-manager never downloads)."""
-    if not (shutil.which("chromium") and Path("/usr/bin/chromedriver").exists()):
-        pytest.skip("no chromium / chromedriver: `apt-get install -y chromium chromium-driver` "
-                    "(scripts/install.sh installs them with the dev extra)")
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    options.binary_location = shutil.which("chromium")
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--mute-audio", "--window-size=900,820",
-                "--autoplay-policy=no-user-gesture-required"):
-        options.add_argument(arg)
-    return webdriver.Chrome(options=options, service=Service(executable_path="/usr/bin/chromedriver"))
 
 
 @pytest.fixture
@@ -306,11 +289,20 @@ def test_report_figures_and_human_pairs_for_the_next_round(campaign, capsys):
     assert build_pairs.fn(ctx, scored).human_pairs == 3 and work.store.count(Pair, round_id=rnd.id) == 4
 
     # DPO's data: the round's automatic pair and the human pairs, whose samples are from rounds 1 and 2
-    from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, completion_text
+    from dataclasses import asdict
+
+    from speechalign.models.codec_lm import (
+        CodecLM,
+        SpeechFormat,
+        build_demo_model,
+        build_demo_tokenizer,
+        completion_text,
+    )
     from speechalign.tasks.train import preference_dataset
 
     tokenizer = build_demo_tokenizer(16)
-    lm = CodecLM(build_demo_model(tokenizer, 1, 16, 2, 64, seed=0), tokenizer, {"codebook_size": 16})
+    lm = CodecLM(build_demo_model(tokenizer, 1, 16, 2, 64, seed=0), tokenizer,
+                 {"codebook_size": 16, "format": asdict(SpeechFormat(speaker_in_prompt=False))})
     rows = {(r["chosen"], r["rejected"]) for r in preference_dataset(work.store, rnd.id, lm).to_list()}
     assert {(completion_text(used[p.chosen_sample_id].tokens), completion_text(used[p.rejected_sample_id].tokens))
             for p in human} <= rows

@@ -7,7 +7,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import copy_bootstrap, database_url, light_scoring
-from tests.servers import free_port, running_server
+from tests.servers import chromium, free_port, running_server
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgresql", marks=pytest.mark.postgres)])
@@ -31,7 +31,7 @@ def mlflow_server(tmp_path, mlflow_backend):
 def test_a_round_tracked_by_a_real_mlflow_server(tmp_path, store_url, bootstrap_template, mlflow_server):
     from speechalign.flows.campaign import alignment_campaign
     from speechalign.preference_store.store import open_store
-    from speechalign.preflight import prepare
+    from speechalign.runtime.preflight import prepare
 
     cfg = copy_bootstrap(bootstrap_template, tmp_path / "work", store_url, f'mlflow.tracking_uri="{mlflow_server}"')
     cfg = light_scoring(cfg)  # this is about where runs, models and artifacts go, not the metrics
@@ -50,3 +50,35 @@ def test_a_round_tracked_by_a_real_mlflow_server(tmp_path, store_url, bootstrap_
     assert {a.path for a in client.list_artifacts(run.info.run_id)} >= {"adapter", "audio"}
     assert list((tmp_path / "server-artifacts").rglob("3_round_1.wav"))  # in the server's store
     assert not (cfg.workdir / "mlartifacts").exists()  # nothing written beside the client
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_mlflow_link_the_demo_prints_opens_the_campaigns_runs_in_a_browser(tmp_path, store_url,
+                                                                                bootstrap_template):
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    from speechalign.flows.round import baseline
+    from speechalign.preference_store.store import open_store
+    from speechalign.runtime.tracking import ui_link
+
+    cfg = light_scoring(copy_bootstrap(bootstrap_template, tmp_path / "work", store_url), 'campaign.name="nightly"')
+    baseline(str(cfg.workdir))  # round 0: the campaign's experiment and its run
+    experiment = open_store(cfg.store_url).campaign("nightly").mlflow_experiment_id
+    port = free_port()
+    command, url = ui_link(cfg, experiment, port)
+    assert url == f"http://127.0.0.1:{port}/#/experiments/{experiment}?workflowType=machine_learning"
+    program, *arguments = command.split()
+    assert program == "mlflow"
+    with running_server([sys.executable, "-m", "mlflow", *arguments], f"http://127.0.0.1:{port}/health",
+                        tmp_path / "mlflow-ui.log"):
+        browser = chromium()  # a new browser, as a user's first visit: MLflow would start it on GenAI traces
+        try:
+            browser.get(url)
+            WebDriverWait(browser, 240).until(lambda b: "matching runs" in b.find_element(By.TAG_NAME, "body").text)
+            page = browser.find_element(By.TAG_NAME, "body").text
+            assert f"/#/experiments/{experiment}/runs" in browser.current_url
+            assert "Run Name" in page and "nightly" in page.split("Run Name", 1)[1]  # the campaign's run, listed
+            assert "No data available" not in page  # not the GenAI overview of traces
+        finally:
+            browser.quit()

@@ -112,7 +112,7 @@ def test_the_official_speechtokenizer_format_with_a_pt_checkpoint(tmp_path, code
     import numpy as np
 
     from speechalign.config import Config
-    from speechalign.models.codec import encode, load_codec
+    from speechalign.models.speechtokenizer.codec import encode, load_codec
 
     config_path, _ = Config().codec.files()
     (tmp_path / "config.json").write_text(config_path.read_text())
@@ -126,7 +126,7 @@ def test_the_official_speechtokenizer_format_with_a_pt_checkpoint(tmp_path, code
 def test_bootstrap_and_a_round_of_a_speechgpt_style_model(tmp_path, store_url, bootstrap_template):
     from speechalign.flows.bootstrap import bootstrap
     from speechalign.flows.campaign import alignment_campaign
-    from speechalign.preflight import prepare
+    from speechalign.runtime.preflight import prepare
     from tests.conftest import copy_bootstrap
 
     user = speechgpt_llama(tmp_path / "speechgpt", fast=False)

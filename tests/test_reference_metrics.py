@@ -13,8 +13,8 @@ import pytest
 import soundfile as sf
 import torch
 
-from speechalign.audio import resample
 from speechalign.config import ScoreConfig
+from speechalign.models.audio import resample
 from speechalign.models.metrics import MetricUnavailable, ScoreItem
 from speechalign.models.metrics.asr import AsrErrorRate, error_rates, normalize_text, read_audio, transcribe
 from speechalign.models.metrics.reference_models import NISQA_ARGS, Nisqa, SpeechBertScore

@@ -9,19 +9,20 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from speechalign.config import load_config
-from speechalign.faults import FAULT_ENV
 from speechalign.flows.round import alignment_round, baseline
 from speechalign.preference_store.schema import Score
 from speechalign.preference_store.store import open_store
+from speechalign.runtime.faults import FAULT_ENV
 from tests.conftest import built_once, copy_bootstrap, light_scoring
 from tests.forked_cli import run_cli
 
-STAGES = ["generate", "decode", "score", "pairs", "train", "evaluate", "guard", "register", "promote"]
+STAGES = ["generate", "decode", "score", "pairs", "train", "generate_heldout", "decode_heldout", "score_heldout",
+          "evaluate", "guard", "register", "promote"]
 ALL = 'score.candidates="all"'  # every sample decoded and scored: the decode and score stages have work
 # the killed round: 8 of the 9 train prompts, K=2, in generation batches of 8 (so "mid" falls between batches)
 ROUND = ["generate.prompts_per_round=8", "generate.batch_size=8"]
 FAULTS = ["generate:mid", "generate:end", "decode:mid", "score:end", "pairs:end", "train:mid", "train:end",
-          "evaluate:end", "register:mid", "register:end", "promote:end"]
+          "generate_heldout:mid", "decode_heldout:mid", "evaluate:end", "register:mid", "register:end", "promote:end"]
 
 
 @pytest.fixture(scope="session")
@@ -72,6 +73,8 @@ def test_a_round_killed_at_each_stage_resumes_exactly_once(bootstrapped, fault):
     decoded = {s.id: s.audio_path for s in store.samples(killed.id) if s.audio_path}
     if fault == "decode:mid":
         assert 0 < len(decoded) < 8 * 3  # some WAVs were written and recorded
+    if fault == "generate_heldout:mid":  # 5 held-out prompts x 2 samples, in batches of 8: the first batch written
+        assert sum(k[1] == "heldout" for k in written) == 8
 
     result = alignment_round(str(cfg.workdir))  # the next trigger: takes over the dead run's lock
     assert result.round == 1 and result.version == "1"

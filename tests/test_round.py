@@ -112,35 +112,12 @@ def test_one_round_campaign(bootstrapped, capsys):
     assert len(client.list_artifacts(campaign.mlflow_parent_run_id, "audio/round-0")) == 3
     assert result.version == "1" and store.checkpoint(first.id).mlflow_version == "1"
 
-    # the guard and the gate decided, with reasons, in the store and on the run; the alias follows the gate.
-    # Their decisions by hand: a held-out value regresses when the stored 95% interval of its change against
-    # round 0 lies beyond its tolerance on the worse side (the listed tolerances, else 5% of round 0's value;
-    # the gap values' intervals resample prompts too); collapse needs accuracy >= 0.95, margin >= 1 and
-    # a chosen reward below 0. The gate also refuses a worse mean WER or UED than round 0's (the champion).
-    evaluated = store.stages(first.id)["evaluate"].result
-    now, before = evaluated["metrics"], store.stages(base.id)["evaluate"].result["metrics"]
-    higher = {"unit_edit_distance": False, "policy_loglik": True, "dnsmos_sig": True, "dnsmos_bak": True,
-              "dnsmos_ovrl": True, "speaker_similarity": True, "asr_cer": False, "asr_wer": False,
-              "golden_nll": False, "finished_rate": True, "unit_kl": False, "bigram_kl": False}  # length_ratio: no side
-    tolerances = {"unit_edit_distance": 0.02, "golden_nll": 0.05, "policy_loglik": 0.05, "dnsmos_ovrl": 0.1,
-                  "dnsmos_sig": 0.1, "dnsmos_bak": 0.1, "speaker_similarity": 0.02, "asr_cer": 0.05, "asr_wer": 0.05,
-                  "finished_rate": 0.05}
-
-    def regressed(metric: str, up: bool) -> bool:
-        _, low, high = evaluated["changes"]["vs_previous"][metric]
-        tolerance = tolerances.get(metric, 0.05 * abs(before[metric]))
-        return high < -tolerance if up else low > tolerance
-
-    regressions = [m for m, up in higher.items() if regressed(m, up)]
-    worse = [m for m in ("asr_wer", "unit_edit_distance") if now[m] > before[m]]
-    final = store.stages(first.id)["train"].result["final"]
-    collapsed = final["rewards/accuracies"] >= 0.95 and final["rewards/margins"] >= 1.0 and final["rewards/chosen"] < 0
+    # the guard and the gate decided, with their reasons, in the store and on the run, and the alias follows the gate
+    # (which way they decide on given figures: tests/test_promotion.py and test_criteria_and_guard.py)
     decisions = store.decisions(first.id)
-    assert decisions["guard"].verdict == ("flagged" if regressions or collapsed else "ok")
-    assert "dpo" in decisions["guard"].details
+    assert decisions["guard"].verdict in ("ok", "flagged") and "dpo" in decisions["guard"].details
     gate = decisions["promotion"]
-    assert gate.verdict == ("refused" if regressions or worse else "promoted")
-    assert len(gate.reasons) == len(regressions) + len(worse)
+    assert (gate.verdict == "refused") == bool(gate.reasons)
     assert run.data.tags["speechalign.promotion"] == gate.verdict and "speechalign.guard.reasons" in run.data.tags
     aliases = client.get_registered_model(cfg.registered_model).aliases
     assert aliases == ({"champion": 1} if gate.verdict == "promoted" else {})
@@ -270,3 +247,36 @@ def test_old_merged_policies_are_pruned_and_merged_again_on_demand(bootstrapped,
     for (name, a), (_, b) in zip(made.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name  # base + round 1's adapter: the policy round 1 made
     assert main(["policy", "--workdir", str(cfg.workdir), "--round", "5", "--out", str(tmp_path / "x")]) == 2
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_a_round_that_keeps_no_pairs_fails_naming_the_knobs_and_goes_on_once_they_change(bootstrapped):
+    cfg = bootstrapped
+    unreachable = ["pairs.criterion=single:unit_edit_distance", "pairs.margins={unit_edit_distance = 100.0}"]
+    with pytest.raises(RuntimeError, match="criterion single:unit_edit_distance kept no pairs of 9 candidate pairs "
+                                           r"\(candidate diversity .*\); raise generate.k"):
+        alignment_round(str(cfg.workdir), overrides=unreachable)
+    store = open_store(cfg.store_url)
+    rnd = store.rounds(store.campaign(cfg.campaign.name).id)[-1]
+    assert rnd.status == "failed" and store.count(Pair, round_id=rnd.id) == 0
+    assert {k: v.status for k, v in store.stages(rnd.id).items()} == {
+        "generate": "completed", "decode": "completed", "score": "completed", "pairs": "failed"}
+    assert alignment_round(str(cfg.workdir)).round == 1  # the default criterion finds pairs: the same round finishes
+    assert store.round(rnd.id).status == "completed" and store.count(Pair, round_id=rnd.id) > 0
+
+
+@pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
+def test_the_base_model_as_dpo_reference(bootstrapped):
+    """train.reference = "initial": DPO's implicit reward measures the policy against the campaign's base model, not
+    against the round's input policy. At the first step the LoRA adapter is zero, so the policy is its input policy:
+    against the input policy (round 1's, and round 2's default) every reward is 0; round 2's input policy is round
+    1's, which differs from the base model, so against the base model the rewards are not 0."""
+    cfg = bootstrapped
+    alignment_round(str(cfg.workdir))
+    alignment_round(str(cfg.workdir), overrides=["train.reference=initial"])
+    store = open_store(cfg.store_url)
+    first, second = store.rounds(store.campaign(cfg.campaign.name).id)[1:]
+    trained = [store.stages(r.id)["train"].result for r in (first, second)]
+    assert [t["reference"] for t in trained] == ["previous", "initial"]
+    assert trained[0]["history"][0]["rewards/chosen"] == pytest.approx(0.0, abs=1e-6)
+    assert abs(trained[1]["history"][0]["rewards/chosen"]) > 1e-3

@@ -25,7 +25,7 @@ def first_round(workdir, runner: str, *overrides: str) -> dict:
     """Generate, decode and score round 1 of a campaign named after the runner; what the store holds."""
     from speechalign.config import load_config
     from speechalign.flows.common import ensure_campaign
-    from speechalign.tasks.context import open_round
+    from speechalign.runtime.context import open_round
     from speechalign.tasks.decode import decode
     from speechalign.tasks.generate import generate
     from speechalign.tasks.score import score
@@ -87,7 +87,7 @@ def test_dask_runner_gives_the_in_process_results(workdir):
 
 
 def test_shards_are_runs_of_whole_batches():
-    from speechalign.tasks.fan_out import split
+    from speechalign.runtime.fan_out import split
 
     batches = [[i] for i in range(7)]
     shards = split(batches, 3)

@@ -3,9 +3,9 @@
 import pytest
 
 from speechalign.config import Config
+from speechalign.criteria import golden_vs_synthetic
 from speechalign.models.metrics import ScoreItem, get_metric
 from speechalign.preference_store.schema import Sample
-from speechalign.tasks.criteria import golden_vs_synthetic
 from speechalign.tasks.score import score_batch
 
 pytestmark = pytest.mark.pure  # make test-fast

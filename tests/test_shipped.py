@@ -1,12 +1,12 @@
-"""The shipped demo models are taken only for the recipe they were trained on (tasks/shipped.py)."""
+"""The shipped demo models are taken only for the recipe they were trained on (bootstrap/shipped.py)."""
 
 import json
 from types import SimpleNamespace
 
 import pytest
 
+from speechalign.bootstrap.shipped import NO_SHIPPED, recipe_fingerprint, take_shipped
 from speechalign.config import load_config
-from speechalign.tasks.shipped import NO_SHIPPED, recipe_fingerprint, take_shipped
 
 pytestmark = pytest.mark.pure
 TRAIN = [SimpleNamespace(utterance_id=f"demo-{i:04d}", speaker="en-us+m3") for i in range(5)]

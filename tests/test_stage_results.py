@@ -4,13 +4,15 @@ the promotion gate deciding from their arguments alone (no store, no MLflow)."""
 import pytest
 
 from speechalign.config import Config
-from speechalign.intervals import changes
-from speechalign.tasks.guard import guard_verdict, promotion_verdict
-from speechalign.tasks.results import (
+from speechalign.runtime.results import (
     RESULT_TYPES,
     Audio,
     Candidates,
+    Ceiling,
     Heldout,
+    HeldoutAudio,
+    HeldoutSamples,
+    HeldoutScores,
     Pairs,
     Promotion,
     Registered,
@@ -22,6 +24,7 @@ from speechalign.tasks.results import (
     figures,
     load,
 )
+from speechalign.tasks.guard import guard_verdict, promotion_verdict
 
 pytestmark = pytest.mark.pure  # make test-fast
 
@@ -31,8 +34,7 @@ HELDOUT = Heldout(policy="/w/round-001/policy", prompts=2, samples=4, mode="samp
                   metrics={"unit_edit_distance": 0.5, "dnsmos_ovrl": 2.4, "golden_nll": 0.9, "finished_rate": 1.0},
                   per_prompt={"unit_edit_distance": {1: 0.4, 2: 0.6}, "dnsmos_ovrl": {1: 2.3, 2: 2.5},
                               "golden_nll": {1: 0.8, 2: 1.0}, "finished_rate": {1: 1.0, 2: 1.0}},
-                  changes={"vs_base": {"unit_edit_distance": [-0.1, -0.2, 0.0]}}, probe={"unit_edit_distance": 0.3},
-                  decode=AUDIO, score_failures=1)
+                  changes={"vs_base": {"unit_edit_distance": [-0.1, -0.2, 0.0]}}, probe={"unit_edit_distance": 0.3})
 TRAINED = Trained(policy="/w/round-001/policy", adapter="/w/round-001/adapter", pairs=8, steps=1, precision="fp32",
                   runtime_s=3.5, reference="previous",
                   final={"rewards/accuracies": 0.75, "rewards/margins": 0.1, "rewards/chosen": 0.02,
@@ -43,7 +45,13 @@ EVERY_STAGE = [
     Scores(sample_ids=(1, 2), metrics=("dnsmos",), failures=0, means={"dnsmos_ovrl": 2.5}),
     Pairs(criterion="golden_vs_synthetic", pairs=2, candidates=2, candidate_pairs=2, pair_yield=1.0,
           candidate_diversity=0.4),
-    TRAINED, HELDOUT, Verdict(flagged=True, collapse=False, reasons=("held-out x worse",), action="warn"),
+    TRAINED,
+    HeldoutSamples(policy="/w/round-001/policy", sample_ids=(7, 8), prompts=1, probe_prompts=0, generated=2,
+                   hit_length_limit=1),
+    HeldoutAudio(sample_ids=(7, 8), decoded=2, skipped=0, audio_seconds=3.0, seconds=0.5, real_time_factor=0.17),
+    HeldoutScores(sample_ids=(7, 8), metrics=("asr",), failures=1, means={"asr_wer": 0.8}),
+    HELDOUT, Ceiling(rows={"recording": {"asr_wer": 0.25}, "golden_tokens": {"asr_wer": 0.68}}),
+    Verdict(flagged=True, collapse=False, reasons=("held-out x worse",), action="warn"),
     Registered(run_id="abc", model="speechalign-demo", version="1"),
     Promotion(verdict="refused", reasons=("worse",), against="base model, round 0", alias="champion", version="1"),
 ]
@@ -55,32 +63,29 @@ def test_every_stage_result_comes_back_from_the_store_as_it_went_in():
         assert load(type(result), dump(result)) == result
 
 
-def test_results_stored_before_stages_were_typed_still_load():
-    old = {"prompts": 5, "samples": 10, "mode": "greedy", "policy": "/p", "score_failures": 0,
-           "decode": {"decoded": 10, "failed": {}, "acoustic": "model"},
-           "heldout/unit_edit_distance": 0.68, "heldout/golden_nll": 0.91}
-    assert load(Heldout, old).metrics == {"unit_edit_distance": 0.68, "golden_nll": 0.91}
-    assert load(Registered, {"run_id": "abc", "heldout/golden_nll": 0.9}).version == "base"  # round 0's
-    assert load(Candidates, {"prompts": 160, "candidates": 640, "generated": 640, "hit_length_limit": 2}).prompts == 160
-
-
 def test_figures_are_named_by_their_stage_and_field():
     pairs = EVERY_STAGE[3]
     assert figures(pairs) == {"pairs/pairs": 2.0, "pairs/human_pairs": 0.0, "pairs/pair_yield": 1.0,
                               "pairs/candidate_diversity": 0.4}
     assert figures(HELDOUT)["heldout/dnsmos_ovrl"] == 2.4 and figures(TRAINED)["dpo/rewards/accuracies"] == 0.75
     assert figures(HELDOUT)["probe/unit_edit_distance"] == 0.3
-    assert figures(EVERY_STAGE[6]) == {"guard/flagged": 1.0}
+    assert figures(EVERY_STAGE[10]) == {"guard/flagged": 1.0}
+    # the held-out stages' figures are named by their own stages, not by the candidates' they share a type with
+    assert figures(EVERY_STAGE[6]) == {"decode_heldout/real_time_factor": 0.17}
+    assert figures(EVERY_STAGE[7]) == {"score_heldout/failures": 1.0}
+    assert figures(EVERY_STAGE[5]) == {"generate_heldout/hit_length_limit": 1.0}
     record = RoundRecord(1, {"pairs": pairs, "evaluate": HELDOUT})
     assert record.figures()["pairs/pair_yield"] == 1.0 and record.heldout is HELDOUT and record.trained is None
 
 
 def with_metrics(**metrics) -> Heldout:
-    """HELDOUT with some metrics moved by the same amount on every prompt (an interval of zero width)."""
-    per_prompt = {m: {p: v + metrics.get(m, HELDOUT.metrics[m]) - HELDOUT.metrics[m] for p, v in values.items()}
-                  for m, values in HELDOUT.per_prompt.items()}
+    """HELDOUT with some metrics moved by the same amount on every prompt: every bootstrap resample of the prompts
+    then has that change, so its interval is [change, change] (written here by hand)."""
+    moved = {m: metrics.get(m, HELDOUT.metrics[m]) - HELDOUT.metrics[m] for m in HELDOUT.metrics}
+    per_prompt = {m: {p: v + moved[m] for p, v in values.items()} for m, values in HELDOUT.per_prompt.items()}
+    change = {m: [d, d, d] for m, d in moved.items()}
     return Heldout(policy="/p", prompts=2, samples=4, mode="sampled", metrics={**HELDOUT.metrics, **metrics},
-                   per_prompt=per_prompt, changes={"vs_previous": changes(per_prompt, HELDOUT.per_prompt)})
+                   per_prompt=per_prompt, changes={"vs_previous": change, "vs_champion": change})
 
 
 def test_the_guard_decides_from_its_arguments():

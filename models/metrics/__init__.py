@@ -14,6 +14,8 @@ import json
 from dataclasses import dataclass
 from typing import Protocol
 
+from speechalign.config import Config, ConfigError, ScoreConfig
+
 
 @dataclass
 class ScoreItem:
@@ -66,7 +68,7 @@ def needs_audio(names: list[str]) -> bool:
     return any(registry[name].needs_audio for name in names)
 
 
-# held-out figures evaluate adds to the plug-ins' values (tasks/evaluate.py, tasks/distribution_gap.py)
+# held-out figures evaluate adds to the plug-ins' values (tasks/evaluate.py, speechalign/stats/distribution_gap.py)
 HELDOUT_EXTRAS = {"golden_nll": False, "finished_rate": True, "unit_kl": False, "bigram_kl": False}
 
 
@@ -91,6 +93,24 @@ def heldout_directions(score) -> dict[str, bool]:
     return {m: d for m, d in found.items() if d is not None}
 
 
+def check_metric_names(cfg: Config) -> None:
+    """Every plug-in the config names exists, and every value the evaluation and the gate read is produced by one;
+    raises ConfigError naming the knob. Run before any work (speechalign/runtime/preflight.py)."""
+    try:
+        value_directions(cfg.score.metrics + cfg.score.heldout_metrics)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    try:
+        value_directions(cfg.evaluate.probe_metrics)
+    except ValueError as error:
+        raise ConfigError(f"evaluate.probe_metrics: {error}") from None
+    known = heldout_directions(cfg.score)
+    unknown = [m for m in cfg.guard.gate_metrics if m not in known]
+    if unknown:
+        raise ConfigError(f"guard.gate_metrics {unknown}: not held-out values with a better side; they can be "
+                          f"{', '.join(known)}")
+
+
 def _check(name: str, registry: dict) -> None:
     if name not in registry:
         raise ValueError(f"unknown metric {name!r}; [score] metrics can be {', '.join(sorted(registry))}")
@@ -103,8 +123,6 @@ def get_metric(name: str, options=None, policy: str | None = None) -> Metric:
     """The plug-in `name`, built once in this process and rebuilt only when its options (the campaign's
     ScoreConfig; None: the defaults) or, for plug-ins that score with the policy, the policy change.
     Only the latest instance of each plug-in is kept, so a long campaign holds one copy of each model."""
-    from speechalign.config import ScoreConfig  # noqa: PLC0415 - config imports criteria, which import this
-
     registry = _registry()
     _check(name, registry)
     options = options if options is not None else ScoreConfig()

@@ -22,7 +22,7 @@ import numpy as np
 import soundfile as sf
 from rapidfuzz.distance import Levenshtein
 
-from speechalign.audio import resample
+from speechalign.models.audio import resample
 from speechalign.models.metrics import MetricUnavailable, ScoreItem
 
 SAMPLE_RATE = 16000

@@ -39,7 +39,6 @@ INPUT_LENGTH = 9.01  # seconds, as speechmos writes it (its window arithmetic is
 WINDOW = int(INPUT_LENGTH * SAMPLE_RATE)  # 144,160 samples
 FRAME_HOP = 160  # the network's STFT hop; its frames are 320 samples
 FRAMES = 900  # STFT frames per window
-WINDOW_HOP_FRAMES = SAMPLE_RATE // FRAME_HOP  # 100: windows start a second apart
 EDGE = 4  # frames at each end of a window whose full-resolution features differ from the clip's
 HALO = 2 * EDGE  # frames of context each side of a trunk chunk (even: keeps the 2x2 pooling aligned)
 CHUNK = 1000  # at most this many trunk frames per chunk (plus the halo); even

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speechalign.audio import resample
+from speechalign.models.audio import resample
 from speechalign.models.metrics import MetricUnavailable, ScoreItem
 from speechalign.models.metrics.asr import read_audio, sample_audio_path
 

@@ -52,12 +52,12 @@ class PolicyLogLik:
     def __init__(self, options=None, policy: str | None = None) -> None:
         if not policy:
             raise MetricUnavailable("policy_loglik needs the round's policy; it is scored inside a round")
-        from speechalign.models.codec_lm import load_codec_lm  # noqa: PLC0415 - torch model, load lazily
-
-        self.lm = load_codec_lm(policy)
+        self.policy = policy
 
     def score(self, items: list[ScoreItem]) -> list[dict[str, float]]:
+        from speechalign.models.codec_lm import inference_policy  # noqa: PLC0415 - torch model, loaded lazily
         from speechalign.models.likelihood import sequence_nll  # noqa: PLC0415
 
-        nll = sequence_nll(self.lm, [(self.lm.prompt(i.text, i.speaker), i.tokens) for i in items])
+        lm = inference_policy(self.policy)  # the copy the stage that generated with it holds, not a second one
+        nll = sequence_nll(lm, [(lm.prompt(i.text, i.speaker), i.tokens) for i in items])
         return [{self.name: -v} for v in nll]

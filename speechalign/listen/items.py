@@ -23,7 +23,7 @@ from collections.abc import Callable
 from speechalign.preference_store import judgments
 from speechalign.preference_store.schema import Campaign, Round, Sample
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.seeds import derive_seed
+from speechalign.runtime.seeds import derive_seed
 
 COMPARISONS = ("round_vs_previous", "aligned_vs_base", "golden_vs_synthetic", "criterion")
 Candidate = tuple[Sample, Sample, int | None]  # subject, reference, automatic pair id

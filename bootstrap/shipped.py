@@ -1,6 +1,6 @@
 """What the demo ships trained, taken only where it was trained on exactly the recipe at hand.
 
-Bootstrap trains two models: the acoustic stage (tasks/acoustic_stage.py) and the base model's SFT
+Bootstrap trains two models: the acoustic stage (bootstrap/acoustic_stage.py) and the base model's SFT
 (flows/bootstrap.py). For the demo's own recipe both ship in the package (models/demo_codec/acoustic/,
 models/demo_lm/), each with the sha256 of its recipe: everything its training is made from (the codec's
 weights, the corpus's recipe, the train split's utterances and speakers, the model's settings, a version).

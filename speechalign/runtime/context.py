@@ -13,7 +13,7 @@ from speechalign.config import Config
 from speechalign.layout import Layout
 from speechalign.preference_store.schema import Campaign, Round
 from speechalign.preference_store.store import PreferenceStore, open_store
-from speechalign.tasks.results import RESULT_TYPES, RoundRecord, load
+from speechalign.runtime.results import RESULT_TYPES, RoundRecord, load
 
 
 @dataclass(frozen=True)

@@ -18,8 +18,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speechalign.audio import resample
-from speechalign.tasks.progress import Progress
+from speechalign.models.audio import resample
+from speechalign.runtime.progress import Progress
 
 SUBJECTS = [
     "the old farmer", "my sister", "a young pilot", "the tired doctor", "our neighbour",

@@ -9,6 +9,8 @@ import urllib.request
 from pathlib import Path
 
 from speechalign.config import Config
+from speechalign.criteria import check_criterion
+from speechalign.models.metrics import check_metric_names
 from speechalign.preference_store import migrate
 from speechalign.preference_store.store import check_reachable
 
@@ -45,6 +47,13 @@ def check_mlflow(uri: str) -> None:
         raise PreflightError(
             f"MLflow tracking URI {uri!r} cannot hold a model registry; use a database store "
             "(sqlite:///path/mlflow.db, postgresql://...) or an MLflow server (http://host:5000)")
+
+
+def check_names(cfg: Config) -> Config:
+    """The metric plug-ins and the pair criterion the config names exist, and fit together (ConfigError)."""
+    check_metric_names(cfg)
+    check_criterion(cfg)
+    return cfg
 
 
 WEIGHTS_BY_PATH = ("nisqa", "speechbertscore", "asr")  # plug-ins whose models a user gives by path

@@ -1,4 +1,4 @@
-"""A stage of a round: a Prefect task whose result is a frozen dataclass (tasks/results.py), recorded in the store.
+"""A stage of a round: a Prefect task whose result is a frozen dataclass (runtime/results.py), recorded in the store.
 
     @stage
     def train(ctx: RoundContext, pairs: Pairs) -> Trained: ...
@@ -10,7 +10,7 @@
   back into the same dataclass, so running a round again after a failure continues where it stopped;
   a failure is recorded with its traceback;
 - Prefect's retries (`[prefect] task_retries`, `retry_delay_seconds`);
-- fault points at its start and end (speechalign/faults.py), where the resume tests kill it.
+- fault points at its start and end (speechalign/runtime/faults.py), where the resume tests kill it.
 The stage's name is its result type's (`Trained.stage == "train"`). `train.fn(ctx, pairs)` calls the plain
 function, without Prefect or the store.
 """
@@ -27,9 +27,9 @@ from typing import Generic, TypeVar, get_type_hints
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from speechalign.faults import fault_point
-from speechalign.tasks.context import RoundContext
-from speechalign.tasks.results import dump, load
+from speechalign.runtime.context import RoundContext
+from speechalign.runtime.faults import fault_point
+from speechalign.runtime.results import dump, load
 
 log = logging.getLogger(__name__)
 R = TypeVar("R")

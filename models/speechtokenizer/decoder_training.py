@@ -1,6 +1,6 @@
 """Training the demo codec's decoder: RVQ codes back to a 16 kHz waveform.
 
-The encoder and codebooks stay frozen (`models/codec.py` made them); only the SEANet decoder of the
+The encoder and codebooks stay frozen (`models/speechtokenizer/codec.py` made them); only the SEANet decoder of the
 SpeechTokenizer learns, from the quantized sum of all 8 RVQ layers, with the reconstruction losses of
 the SpeechTokenizer and EnCodec papers: a multi-resolution STFT loss (spectral convergence + log
 magnitude, windows 256 to 2048) and an L1 loss on log-mel frames. Training saves a resumable state
@@ -16,8 +16,8 @@ import numpy as np
 import torch
 from speechtokenizer import SpeechTokenizer
 
-from speechalign.audio import log_mel
-from speechalign.models.codec import DEMO_CODEC_CONFIG, encode, save_codec
+from speechalign.models.audio import log_mel
+from speechalign.models.speechtokenizer.codec import DEMO_CODEC_CONFIG, encode, save_codec
 
 STFT_WINDOWS = (256, 512, 1024, 2048)
 MEL_WEIGHT = 4.0

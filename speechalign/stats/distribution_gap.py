@@ -20,7 +20,7 @@ from itertools import pairwise
 import numpy as np
 from scipy import sparse
 
-from speechalign.intervals import RESAMPLES, SEED
+from speechalign.stats.intervals import RESAMPLES, SEED
 
 
 def _kl(p: Counter, q: Counter) -> float:
@@ -51,7 +51,7 @@ def gap_changes(golden: dict[int, list[int]], now: dict[int, list[list[int]]], b
     """Per gap figure, [change, 2.5th, 97.5th percentile] of now's figure minus before's, over the prompts all
     three have (`golden`: prompt -> its golden units; `now`, `before`: prompt -> its samples' units). Each
     resample picks prompts with replacement, the same picks for the golden side and both rounds, as
-    speechalign/intervals.py does for the per-prompt metrics. A KL is not linear in the counts (a resample holds
+    speechalign/stats/intervals.py does for the per-prompt metrics. A KL is not linear in the counts (a resample holds
     fewer distinct prompts), so the change itself can lie a little outside its percentile interval."""
     prompts = sorted(golden.keys() & now.keys() & before.keys())
     if not prompts:

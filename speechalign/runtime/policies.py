@@ -15,6 +15,7 @@ from pathlib import Path
 
 from speechalign.config import Config
 from speechalign.models.codec_lm import is_saved_policy
+from speechalign.models.precision import decide_precision
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore
 
@@ -55,7 +56,7 @@ def rebuild_policy(cfg: Config, store: PreferenceStore, campaign: Campaign, numb
     policy = str(cfg.layout.policy(start)) if start else campaign.base_model_path
     lm = None
     for n in range(start + 1, number + 1):
-        lm = merge_adapter(policy, str(cfg.layout.adapter(n)))
+        lm = merge_adapter(policy, str(cfg.layout.adapter(n)), decide_precision(cfg.model.dtype))
         lm.metadata.update(parent=policy, round=n)
         lm.save(out, cfg.model.max_shard_size)
         policy = str(out)

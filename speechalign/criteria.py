@@ -23,15 +23,12 @@ import itertools
 import statistics
 from collections import defaultdict
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from rapidfuzz.distance import Levenshtein
 
+from speechalign.config import Config, ConfigError
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Sample
-
-if TYPE_CHECKING:
-    from speechalign.config import Config
 
 ScoreTable = dict[int, dict[str, float | None]]  # sample id -> value name -> value (None: failed)
 PairRow = tuple[Sample, Sample, dict]
@@ -148,46 +145,39 @@ def margins(chosen: dict[str, float | None], rejected: dict[str, float | None]) 
             if chosen.get(m) is not None and rejected.get(m) is not None}
 
 
-CRITERIA = ("golden_vs_synthetic", "unanimous", "pareto", "single:<metric>")
-
-
 def criterion_function(cfg: Config):
+    """The function of pairs.criterion (the config names the criteria and checks the name's form)."""
     name = cfg.pairs.criterion
-    if name == "golden_vs_synthetic":
-        return golden_vs_synthetic
-    if name == "unanimous":
-        return unanimous
-    if name == "pareto":
-        return pareto
     if name.startswith("single:"):
         return single(name.removeprefix("single:"))
-    raise ValueError(f"pairs.criterion = {name!r}; it can be {', '.join(CRITERIA)}")
+    return {"golden_vs_synthetic": golden_vs_synthetic, "unanimous": unanimous, "pareto": pareto}[name]
 
 
 def check_criterion(cfg: Config) -> None:
-    """The criterion exists and every metric it ranks by is produced by a [score] plug-in and has a direction."""
-    criterion_function(cfg)
-    directions = value_directions(cfg.score.metrics)  # both raise on a plug-in name that does not exist
-    heldout_only = value_directions(cfg.score.heldout_metrics)
-    if cfg.pairs.criterion == "golden_vs_synthetic":
+    """Every metric value the criterion ranks by is produced by a [score] plug-in and has a better side; raises
+    ConfigError naming the knob to change. Run before any work (speechalign/runtime/preflight.py)."""
+    name, names = cfg.pairs.criterion, cfg.pairs.ranked_by
+    try:
+        directions = value_directions(cfg.score.metrics)  # both raise on a plug-in name that does not exist
+        heldout_only = value_directions(cfg.score.heldout_metrics)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
+    if name == "golden_vs_synthetic":
         return
-    name = cfg.pairs.criterion
-    names = cfg.pairs.metrics if name in ("unanimous", "pareto") else [name.removeprefix("single:")]
     if not names:
-        raise ValueError(f"pairs.metrics is empty; the {name} criterion needs at least one metric")
+        raise ConfigError(f"pairs.metrics is empty; the {name} criterion needs at least one metric")
     unranked = set(cfg.pairs.chosen_limits) - set(names)
     if name == "pareto" and unranked:
-        raise ValueError(f"pairs.chosen_limits names {sorted(unranked)}, which pairs.metrics does not rank by")
+        raise ConfigError(f"pairs.chosen_limits names {sorted(unranked)}, which pairs.metrics does not rank by")
     for m in names:
         if m not in directions and m in heldout_only:
-            raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which is scored on held-out "
-                             "samples only (score.heldout_metrics); add its plug-in to score.metrics to score every "
-                             "candidate")
+            raise ConfigError(f"pair criterion {name} ranks by {m!r}, which is scored on held-out samples only "
+                              "(score.heldout_metrics); add its plug-in to score.metrics to score every candidate")
         if m not in directions:
-            raise ValueError(f"pair criterion {cfg.pairs.criterion} ranks by {m!r}, which no [score] metric produces; "
-                             f"score.metrics {cfg.score.metrics} give {', '.join(directions)}")
+            raise ConfigError(f"pair criterion {name} ranks by {m!r}, which no [score] metric produces; "
+                              f"score.metrics {cfg.score.metrics} give {', '.join(directions)}")
         if directions[m] is None:
-            raise ValueError(f"{m!r} has no better direction (it is reported only) and cannot rank samples")
+            raise ConfigError(f"{m!r} has no better direction (it is reported only) and cannot rank samples")
 
 
 def candidate_diversity(samples: list[Sample]) -> float | None:

@@ -1,7 +1,8 @@
 """Audio quality figures for decoded speech: DNSMOS (speechmos), speaker similarity (resemblyzer) and
 spectral distances (log-mel L1, mel-cepstral distortion) between time-aligned waveforms.
 
-The models ship inside their PyPI packages (see NOTES) and are loaded once per process. DNSMOS and
+The models ship inside their PyPI packages (speechmos: DNSMOS's ONNX networks; resemblyzer: its speaker
+encoder) and are loaded once per process. DNSMOS and
 speaker similarity are the metric plug-ins' implementations (models/metrics/dnsmos.py, speaker.py), one
 clip at a time here.
 """
@@ -13,7 +14,7 @@ import math
 import numpy as np
 import torch
 
-from speechalign.audio import log_mel
+from speechalign.models.audio import log_mel
 from speechalign.models.metrics import get_metric
 
 SAMPLE_RATE = 16000

@@ -1,4 +1,5 @@
-"""Audio I/O without torchaudio (it cannot load on CPU machines here, see NOTES): soundfile + scipy.
+"""Audio I/O without torchaudio: soundfile + scipy. PyPI's torchaudio needs CUDA's libraries to import, and an
+installed torchaudio that cannot import breaks `import transformers` on a CPU machine.
 
 scipy, torch and transformers are imported by the functions that need them: the metric plug-ins'
 registry imports this module, and so does every command that validates a config."""

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 from speechtokenizer import SpeechTokenizer
 
-from speechalign.models.acoustic import AcousticStage
+from speechalign.models.speechtokenizer.acoustic import AcousticStage
 
 
 class Synthesizer:

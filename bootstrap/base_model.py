@@ -11,7 +11,6 @@ import logging
 import os
 from dataclasses import asdict
 
-import torch
 from datasets import Dataset
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
@@ -26,8 +25,9 @@ from speechalign.models.codec_lm import (
     mean_run,
     speech_format,
 )
+from speechalign.models.precision import decide_precision
 from speechalign.preference_store.schema import Prompt
-from speechalign.tasks.training_progress import TrainingProgress
+from speechalign.runtime.training_progress import TrainingProgress
 
 log = logging.getLogger(__name__)
 
@@ -60,8 +60,8 @@ def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir
     args = SFTConfig(
         output_dir=out_dir, num_train_epochs=m.sft_epochs, per_device_train_batch_size=m.sft_batch_size,
         learning_rate=m.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10,
-        save_strategy="no", report_to=[], disable_tqdm=True, use_cpu=not torch.cuda.is_available(),
-        bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(), max_length=m.max_positions,
+        save_strategy="no", report_to=[], disable_tqdm=True, **decide_precision(m.dtype).trainer_flags(),
+        max_length=m.max_positions,
         gradient_checkpointing=False, seed=m.seed, dataloader_num_workers=0,
     )
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=data, processing_class=lm.tokenizer,

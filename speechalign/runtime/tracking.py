@@ -27,14 +27,24 @@ def client(cfg: Config) -> MlflowClient:
 EXPERIMENT_KIND_TAG, MODEL_TRAINING = "mlflow.experimentKind", "custom_model_development"
 
 
+UI_PORT = 5000
+
+
+def ui_link(cfg: Config, experiment: str | None, port: int = UI_PORT) -> tuple[str, str]:
+    """The command that serves the MLflow UI for the work directory, and the address that opens the campaign's
+    experiment on its runs. MLflow 3's UI starts a new browser on its GenAI view, whatever the experiment's kind;
+    `workflowType=machine_learning` opens the runs (the campaign's run and its nested rounds)."""
+    command = f"mlflow ui --backend-store-uri {cfg.tracking_uri} --port {port}"
+    where = f"experiments/{experiment}" if experiment else "experiments"
+    return command, f"http://127.0.0.1:{port}/#/{where}?workflowType=machine_learning"
+
+
 def experiment_id(cfg: Config, c: MlflowClient) -> str:
     name = f"speechalign-{cfg.campaign.name}"
     exp = c.get_experiment_by_name(name)
     if exp is None:
         return c.create_experiment(name, artifact_location=cfg.artifact_location,
                                    tags={CAMPAIGN_TAG: cfg.campaign.name, EXPERIMENT_KIND_TAG: MODEL_TRAINING})
-    if EXPERIMENT_KIND_TAG not in exp.tags:  # made by an earlier version
-        c.set_experiment_tag(exp.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING)
     return exp.experiment_id
 
 

@@ -6,8 +6,9 @@ speaks ("golden tokens" are the layer-1 codes of the real recording).
 
 The demo codec is the SpeechTokenizer architecture at a small size: its encoder is distilled to
 log-mel frames (`distill_encoder`) and its RVQ codebooks are fitted by residual k-means on the
-demo corpus (`fit_codebooks`). A random codebook maps every frame to code 0 (see NOTES), and a
-random encoder gives codes that follow waveform phase, not sound; this one gives codes that
+demo corpus (`fit_codebooks`). A random codebook maps every frame to code 0 (the RVQ's codebooks start at
+zero and `encode` never runs their k-means initialisation), and a random encoder gives codes that follow
+waveform phase, not sound; this one gives codes that
 follow what is said.
 """
 
@@ -23,7 +24,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from speechtokenizer import SpeechTokenizer
 
-from speechalign.audio import log_mel
+from speechalign.models.audio import log_mel
 
 # speechtokenizer builds its convolutions with the old weight_norm API; the warning is not ours to fix
 warnings.filterwarnings("ignore", message=".*weight_norm.*", category=FutureWarning)

@@ -18,12 +18,12 @@ import numpy as np
 import soundfile as sf
 import torch
 
-from speechalign.audio import resample
 from speechalign.config import Config
-from speechalign.models import audio_quality as aq
-from speechalign.models.acoustic import is_saved_acoustic, load_acoustic
-from speechalign.models.codec import load_codec
-from speechalign.models.speech import Synthesizer
+from speechalign.models.audio import resample
+from speechalign.models.speechtokenizer import audio_quality as aq
+from speechalign.models.speechtokenizer.acoustic import is_saved_acoustic, load_acoustic
+from speechalign.models.speechtokenizer.codec import load_codec
+from speechalign.models.speechtokenizer.synthesizer import Synthesizer
 from speechalign.preference_store.store import open_store
 
 CONDITIONS = ("codec, 8 layers", "layer 1 + acoustic stage", "layer 1 only", "white noise")

@@ -1,4 +1,4 @@
-"""A Trainer's optimizer steps as a progress bar and a Prefect progress artifact (tasks/progress.py), with
+"""A Trainer's optimizer steps as a progress bar and a Prefect progress artifact (speechalign/runtime/progress.py), with
 its figures beside the bar and in the log every few steps (in place of the Trainer's line per step)."""
 
 from __future__ import annotations
@@ -7,8 +7,8 @@ import logging
 
 from transformers import TrainerCallback
 
-from speechalign.faults import fault_point
-from speechalign.tasks.progress import Progress
+from speechalign.runtime.faults import fault_point
+from speechalign.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import statistics
 from pathlib import Path
 
 import numpy as np
@@ -32,9 +31,9 @@ from speechalign.models.metrics import ScoreItem, get_metric, uses_policy, value
 from speechalign.models.metrics.asr import read_audio
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.decode import synthesizer, write_wav
-from speechalign.tasks.progress import Progress
-from speechalign.tasks.score import heldout_metrics, score_items, value_rows
+from speechalign.runtime.progress import Progress
+from speechalign.tasks.decode import WavJob, synthesizer, write_wav, write_wavs
+from speechalign.tasks.score import heldout_metrics, score_items, value_means, value_rows
 
 log = logging.getLogger(__name__)
 ROWS = ("recording", "golden_tokens")
@@ -83,7 +82,7 @@ def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, 
                                           for value in value_rows(metric, result)])
                 progress.advance(len(batch))
     found = store.ceiling_scores(scoring)
-    return {row: means([found.get((row, p.id), {}) for p in prompts]) for row in ROWS}
+    return {row: value_means(found.get((row, p.id), {}) for p in prompts) for row in ROWS}
 
 
 def item(prompt: Prompt, audio_path: str) -> ScoreItem:
@@ -114,29 +113,12 @@ def recording_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
 
 def golden_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
     """The held-out golden tokens decoded, under the corpus's ceiling/ folder (decoded once; a prompt that fails
-    to decode is logged and left out)."""
+    to decode is logged and left out). The round's MLflow run plays them beside its samples."""
     folder = cfg.layout.corpus / "ceiling" / cfg.codec.acoustic
     path = {p.id: folder / f"p{p.id}_golden_tokens.wav" for p in prompts}
     todo = sorted((p for p in prompts if not path[p.id].is_file()), key=lambda p: (len(p.golden_tokens[0]), p.id))
     if todo:
-        synth, size = synthesizer(cfg), cfg.codec.decode_batch_size
+        jobs = [WavJob(p.golden_tokens[0], p.speaker, path[p.id], f"golden tokens of {p.utterance_id}") for p in todo]
         with Progress(f"ceiling: decode {len(todo)} golden token sequences", len(todo), "sample") as progress:
-            for start in range(0, len(todo), size):
-                batch = todo[start:start + size]
-                wavs = synth.synthesize_each([p.golden_tokens[0] for p in batch], [p.speaker for p in batch], size)
-                for p, wav in zip(batch, wavs):
-                    if isinstance(wav, Exception):
-                        log.warning("ceiling: golden tokens of %s not decoded: %s", p.utterance_id, wav)
-                    else:
-                        write_wav(path[p.id], wav, synth.sample_rate)
-                progress.advance(len(batch))
+            write_wavs(synthesizer(cfg), jobs, cfg.codec.decode_batch_size, progress=progress)
     return {i: str(f) for i, f in path.items() if f.is_file()}
-
-
-def means(values: list[dict[str, float | None]]) -> dict[str, float]:
-    by_metric: dict[str, list[float]] = {}
-    for found in values:
-        for metric, value in found.items():
-            if value is not None:
-                by_metric.setdefault(metric, []).append(value)
-    return {m: statistics.fmean(v) for m, v in sorted(by_metric.items())}

@@ -23,7 +23,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from speechalign.config import Config
-from speechalign.tasks.progress import Progress
+from speechalign.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -1,10 +1,11 @@
-"""Bootstrap's acoustic stage: train the model that turns layer-1 units into the decoder's input (models/acoustic.py).
+"""Bootstrap's acoustic stage: train the model that turns layer-1 units into the decoder's input
+(models/speechtokenizer/acoustic.py).
 
 It learns from the golden tokens of every utterance that is not held out; how far its latent lands from the true
 one on the held-out split, beside layer 1's own latent, goes into its report (acoustic.json) so a user sees how
 well it generalises.
 
-The demo ships the stage its recipe trains (models/demo_codec/acoustic/; tasks/shipped.py): a bootstrap of
+The demo ships the stage its recipe trains (models/demo_codec/acoustic/; bootstrap/shipped.py): a bootstrap of
 the same recipe takes it instead of training the same model again (about 4.5 minutes on a 2-core CPU).
 """
 
@@ -17,13 +18,19 @@ from pathlib import Path
 
 import numpy as np
 
+from speechalign.bootstrap.shipped import SHIPPED, recipe_fingerprint, take_shipped
 from speechalign.config import Config
-from speechalign.models.acoustic import CONFIG_NAME, AcousticConfig, is_saved_acoustic, latent_error, train_acoustic
-from speechalign.models.codec import load_codec
-from speechalign.models.speech import Synthesizer
+from speechalign.models.speechtokenizer.acoustic import (
+    CONFIG_NAME,
+    AcousticConfig,
+    is_saved_acoustic,
+    latent_error,
+    train_acoustic,
+)
+from speechalign.models.speechtokenizer.codec import load_codec
+from speechalign.models.speechtokenizer.synthesizer import Synthesizer
 from speechalign.preference_store.store import open_store
-from speechalign.tasks.progress import Progress
-from speechalign.tasks.shipped import SHIPPED, recipe_fingerprint, take_shipped
+from speechalign.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +95,6 @@ def shipped_fingerprint() -> str | None:
 
 
 def stage_fingerprint(cfg: Config, config: AcousticConfig, train: list) -> str:
-    """What the trained stage is made from (tasks/shipped.py): codec, corpus recipe, its config, steps, seed."""
+    """What the trained stage is made from (bootstrap/shipped.py): codec, corpus recipe, its config, steps, seed."""
     return recipe_fingerprint(cfg, {"config": asdict(config), "steps": cfg.codec.acoustic_steps,
                                     "seed": cfg.model.seed}, train)

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from speechalign.audio import resample
 from speechalign.layout import safe_name
-from speechalign.models.codec import encode
+from speechalign.models.audio import resample
+from speechalign.models.speechtokenizer.codec import encode
 from speechalign.preference_store.store import PreferenceStore
-from speechalign.tasks.progress import Progress
+from speechalign.runtime.progress import Progress
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from speechalign.models.codec import (
+from speechalign.bootstrap.import_corpus import read_manifest
+from speechalign.models.speechtokenizer.codec import (
     CHECKPOINT_NAME,
     CONFIG_NAME,
     DEMO_CODEC_CONFIG,
@@ -22,8 +23,7 @@ from speechalign.models.codec import (
     encode,
     load_codec,
 )
-from speechalign.models.codec_decoder import train_decoder
-from speechalign.tasks.import_corpus import read_manifest
+from speechalign.models.speechtokenizer.decoder_training import train_decoder
 
 
 def layer1_change_rate(codes: list[np.ndarray]) -> float:
@@ -100,6 +100,6 @@ SpeechTokenizer architecture (`speechtokenizer` package, official config keys), 
 ## What it is for
 Its layer-1 codes follow what is said, so the demo's codec LM can learn them from a few hundred
 sentences; its decoder turns codes back into speech. Campaigns decode the LM's layer-1 output
-through an acoustic stage that bootstrap trains (models/acoustic.py), or layer 1 alone.
+through an acoustic stage that bootstrap trains (models/speechtokenizer/acoustic.py), or layer 1 alone.
 It knows only espeak-ng voices; it is a demo model, not a general speech codec.
 """
