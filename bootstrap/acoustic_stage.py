@@ -82,8 +82,8 @@ SHIPPED_STAGE = SHIPPED / "demo_codec" / "acoustic"
 
 
 def training_prompts(store) -> list:
-    """Every utterance that is not held out (the base model's 'sft' split and the alignment prompts)."""
-    return [p for p in store.prompts() if p.split != "heldout"]
+    """The base model's 'sft' split and the alignment prompts: never a held-out or test utterance."""
+    return [p for p in store.prompts() if p.split in ("sft", "train")]
 
 
 def training_report(path: Path) -> dict:

@@ -101,8 +101,9 @@ def speak(text: str, voice: str, speed: int, sample_rate: int) -> np.ndarray:
 
 
 def build_demo_corpus(out_dir: Path, n_utterances: int, voices: list[str], seed: int, speed: int,
-                      sample_rate: int = 16000) -> Path:
-    """Write `n_utterances` WAVs and `manifest.jsonl` under `out_dir`; return the manifest path.
+                      sample_rate: int = 16000, after: int = 0, prefix: str = "demo") -> Path:
+    """Write `n_utterances` WAVs and `manifest.jsonl` under `out_dir`; return the manifest path. With `after`, the
+    sentences the grammar gives after the first `after` (the demo corpus's): new sentences, for a test split.
 
     Voices rotate so each sentence has one speaker and every voice covers a share of the corpus.
     One speed for all: a voice then says a word the same way wherever it occurs, which a small
@@ -112,13 +113,13 @@ def build_demo_corpus(out_dir: Path, n_utterances: int, voices: list[str], seed:
     if manifest.exists() and sum(1 for _ in manifest.open()) == n_utterances:
         return manifest
     (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
-    sentences = demo_sentences(n_utterances, seed)
+    sentences = demo_sentences(after + n_utterances, seed)[after:]
 
     def write(i: int) -> dict:
         voice = voices[i % len(voices)]
-        name = f"wavs/demo-{i:04d}.wav"
+        name = f"wavs/{prefix}-{i:04d}.wav"
         sf.write(out_dir / name, speak(sentences[i], voice, speed, sample_rate), sample_rate, subtype="PCM_16")
-        return {"id": f"demo-{i:04d}", "text": sentences[i], "audio": name, "speaker": voice}
+        return {"id": f"{prefix}-{i:04d}", "text": sentences[i], "audio": name, "speaker": voice}
 
     rows = []
     with Progress(f"demo corpus: espeak-ng speaks {len(sentences)} sentences", len(sentences), "utt") as progress, \

@@ -140,13 +140,15 @@ def assign_splits(utterance_ids: list[str], heldout_fraction: float, seed: int,
 
 def import_corpus(store: PreferenceStore, codec, manifest: Path, min_seconds: float, max_seconds: float,
                   heldout_fraction: float, split_seed: int, repaired_dir: Path, batch_size: int = 16,
-                  sft_fraction: float = 0.0) -> dict:
-    """Import `manifest` into the store with golden tokens of every layer; return counts and problems."""
+                  sft_fraction: float = 0.0, split: str | None = None) -> dict:
+    """Import `manifest` into the store with golden tokens of every layer; return counts and problems. With `split`,
+    every new utterance goes to it (the "test" split of an ablation's final evaluation), not to the seeded ones."""
     manifest = manifest.resolve()
     rows, problems = read_manifest(manifest, codec.sample_rate, min_seconds, max_seconds, repaired_dir)
     known = store.known_utterances()
     new = [r for r in rows if r.utterance_id not in known]
-    splits = assign_splits([r.utterance_id for r in new], heldout_fraction, split_seed, sft_fraction)
+    splits = ({r.utterance_id: split for r in new} if split else
+              assign_splits([r.utterance_id for r in new], heldout_fraction, split_seed, sft_fraction))
     with Progress(f"import: golden tokens of {len(new)} recordings", len(new), "recording") as progress:
         codes = encode(codec, [r.audio for r in new], batch_size, on_batch=progress.advance)
     store.add_prompts([

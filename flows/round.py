@@ -1,6 +1,7 @@
 """One alignment round, top to bottom.
 
     candidates from the policy -> their audio -> their scores -> preference pairs -> DPO + LoRA -> the new policy
+    (or, with train.method = "grpo": GRPO + LoRA on the policy's own rollouts, rewarded as they are made)
     -> its held-out samples -> their audio -> their scores -> the held-out figures and their intervals
     -> guard -> MLflow model version -> champion alias, or not
 
@@ -41,6 +42,7 @@ from speechalign.tasks.pairs import build_pairs
 from speechalign.tasks.register import register, register_baseline
 from speechalign.tasks.score import score, score_heldout
 from speechalign.tasks.train import train
+from speechalign.tasks.train_online import train_online
 
 log = logging.getLogger(__name__)
 
@@ -74,11 +76,14 @@ def alignment_round(workdir: str, config_file: str | None = None, overrides: lis
             evaluate_base_model(open_round(cfg, campaign, 0, campaign.base_model_path))
         ctx = next_round(cfg, store, campaign)
         try:
-            candidates = generate(ctx)
-            audio = decode(ctx, candidates)
-            scores = score(ctx, audio)
-            pairs = build_pairs(ctx, scores)
-            trained = train(ctx, pairs)
+            if cfg.train.method == "grpo":
+                pairs, trained = None, train_online(ctx)
+            else:
+                candidates = generate(ctx)
+                audio = decode(ctx, candidates)
+                scores = score(ctx, audio)
+                pairs = build_pairs(ctx, scores)
+                trained = train(ctx, pairs)
             heldout_samples = generate_heldout(ctx, trained.policy)
             heldout_audio = decode_heldout(ctx, heldout_samples)
             heldout_scores = score_heldout(ctx, heldout_audio, trained.policy)

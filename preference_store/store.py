@@ -10,7 +10,7 @@ from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from functools import lru_cache
 
-from sqlalchemy import create_engine, event, func, select, update
+from sqlalchemy import create_engine, delete, event, func, select, update
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session, sessionmaker
@@ -267,6 +267,21 @@ class PreferenceStore:
         with self.session() as s:
             for sample_id, path in paths.items():
                 s.execute(update(Sample).where(Sample.id == sample_id).values(audio_path=path))
+
+    def count_samples(self, round_id: int, kind: str) -> int:
+        return self.count(Sample, round_id=round_id, kind=kind)
+
+    def delete_samples(self, round_id: int, kind: str, min_k: int = 0) -> list[str]:
+        """Delete the round's `kind` samples whose index is `min_k` or more, with their scores; the audio paths they
+        had (the caller deletes the files)."""
+        with self.session() as s:
+            where = (Sample.round_id == round_id, Sample.kind == kind, Sample.k >= min_k)
+            gone = s.execute(select(Sample.id, Sample.audio_path).where(*where)).all()
+            ids = [i for i, _ in gone]
+            for part in chunks(ids, BATCH):
+                s.execute(delete(Score).where(Score.sample_id.in_(part)))
+                s.execute(delete(Sample).where(Sample.id.in_(part)))
+            return [path for _, path in gone if path]
 
     def existing_sample_keys(self, round_id: int, kind: str) -> set[tuple[int, int]]:
         with self.session() as s:

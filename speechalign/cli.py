@@ -85,6 +85,10 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--against", metavar="RECIPE", help="also each recipe's change against this recipe's last round (or "
                                                       "a campaign's, e.g. the default one), paired by held-out prompt: "
                                                       "a recipe against its control")
+    p.add_argument("--final", type=int, default=0, metavar="N",
+                   help="then evaluate every recipe's last round and the base model on N test prompts in no other "
+                        "split (the demo speaks new sentences for them), paired across recipes")
+    p.add_argument("--final-manifest", help="your corpus's test recordings for --final (JSONL, in no other split)")
     p.add_argument("--json", action="store_true", help="print JSON for machines")
     p = sub.add_parser("policy", help="write a round's merged policy again, from the base model and the adapters")
     _common(p)
@@ -274,6 +278,15 @@ def cmd_ablate(args) -> int:
         against_round(open_store(cfg.store_url), named, args.against)
     names = ablation(recipes=recipes, rounds=args.rounds, **_flow_args(cfg, args))
     report = ablation_report(cfg, dict(zip(recipes, names)), args.against)
+    if args.final:
+        from speechalign.flows.ablation import recipe_overrides
+        from speechalign.flows.final_evaluation import final_evaluation
+        from speechalign.report import final_report
+
+        overrides = {name: recipe_overrides(cfg.campaign.name, recipe, knobs, args.overrides)
+                     for (recipe, knobs), name in zip(recipes.items(), names)}
+        final = final_evaluation(str(cfg.workdir), overrides, args.final, args.final_manifest, args.config)
+        report["final"] = final_report(final, dict(zip(recipes, names)), args.against)
     out = Path(cfg.workdir) / f"ablation-{cfg.campaign.name}.json"
     out.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str) if args.json else f"{format_ablation(report)}\n\n(also in {out})")

@@ -178,7 +178,7 @@ class ScoreConfig(Section):
     nisqa_weights: str = Field("", description="nisqa.tar from github.com/gabrielmittag/NISQA (weights/) for nisqa")
 
 
-CRITERIA = ("golden_vs_synthetic", "unanimous", "pareto", "single:<metric>")  # speechalign/criteria.py
+CRITERIA = ("golden_vs_synthetic", "unanimous", "pareto", "best_of_k", "single:<metric>")  # speechalign/criteria.py
 
 
 class PairsConfig(Section):
@@ -215,6 +215,8 @@ class PairsConfig(Section):
         on pairs per prompt, unit_edit_distance (the candidates furthest from golden are kept)."""
         if self.criterion in ("unanimous", "pareto"):
             return list(self.metrics)
+        if self.criterion == "best_of_k":
+            return []  # the reward's values: Config.ranked_values
         if self.criterion.startswith("single:"):
             return [self.criterion.removeprefix("single:")]
         return ["unit_edit_distance"] if self.max_pairs_per_prompt else []
@@ -243,6 +245,10 @@ class GuardConfig(Section):
 
 
 class TrainConfig(Section):
+    method: Literal["dpo", "grpo"] = Field(
+        "dpo", description="dpo: offline, on the round's preference pairs (generate, decode, score, pairs, then TRL's "
+        "DPOTrainer, with train.loss_type); grpo: online, TRL's GRPOTrainer on the policy's own rollouts, rewarded by "
+        "the metric plug-ins ([online], [reward]; tasks/train_online.py)")
     learning_rate: float = Field(1e-4, gt=0, description="DPO learning rate")
     beta: float = Field(0.1, gt=0, description="DPO beta")
     loss_type: list[str] = Field(["sigmoid", "sft"], description="TRL loss types: DPO (sigmoid) plus the NLL of the "
@@ -265,6 +271,43 @@ class TrainConfig(Section):
                                                 "per GPU)")
     gradient_checkpointing: bool = Field(False, description="recompute activations in the backward pass: much less "
                                                             "memory for a large model, about a third more time")
+
+
+class OnlineConfig(Section):
+    num_generations: int = Field(8, ge=2, description="grpo: rollouts sampled per prompt, one group (advantages are "
+                                                       "each rollout's reward against its group's)")
+    prompts_per_step: int = Field(4, ge=1, description="grpo: prompts per optimizer step (x num_generations rollouts; "
+                                                       "generate.prompts_per_round of them make a round's epoch)")
+    loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo"] = Field(
+        "dapo", description="TRL's GRPO loss: how token losses are normalised (dapo: over the batch's tokens)")
+    scale_rewards: Literal["group", "batch", "none"] = Field(
+        "group", description="divide advantages by the standard deviation of the group's rewards, the batch's, or not")
+    beta: float = Field(0.0, ge=0, description="KL penalty against the round's input policy (the adapter disabled); "
+                                               "0: none, and no reference pass")
+    save_steps: int = Field(4, ge=1, description="a checkpoint every this many steps: a killed round resumes there")
+
+
+class RewardConfig(Section):
+    weights: dict[str, float] = Field(
+        {"asr_cer": 1.0, "unit_edit_distance": 1.0},
+        description="metric values the reward weighs (grpo, and the best_of_k criterion): each shaped into [0, 1] "
+                    "between its bounds, then averaged with these weights (speechalign/rewards.py)")
+    bounds: dict[str, list[float]] = Field(
+        {}, description="value = [worst, best], where its component is 0 and 1 (defaults: asr_cer, asr_wer and "
+                        "unit_edit_distance [1, 0]; speaker_similarity [0.5, 1]; dnsmos_ovrl [1, 4])")
+    min_length_ratio: float = Field(0.5, ge=0, description="a sample shorter than this x its golden units, or one that "
+                                                          "hit generate.max_new_tokens, gets reward 0")
+
+    _weights_ok = field_validator("weights")(_non_negative)
+
+    @field_validator("bounds")
+    @classmethod
+    def _two_ends(cls, bounds: dict[str, list[float]]) -> dict[str, list[float]]:
+        bad = [k for k, v in bounds.items() if len(v) != 2 or v[0] == v[1]]
+        if bad:
+            raise ValueError(f"reward.bounds {bad}: each is [worst, best], two different numbers, e.g. "
+                             "{asr_cer = [1.0, 0.0]}")
+        return bounds
 
 
 class EvaluateConfig(Section):
@@ -320,12 +363,21 @@ class Config(Section):
     pairs: PairsConfig = Field(default_factory=PairsConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
+    online: OnlineConfig = Field(default_factory=OnlineConfig)
+    reward: RewardConfig = Field(default_factory=RewardConfig)
     evaluate: EvaluateConfig = Field(default_factory=EvaluateConfig)
     campaign: CampaignConfig = Field(default_factory=CampaignConfig)
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
     # ---- what the knobs resolve to --------------------------------------------------------------
+    @property
+    def ranked_values(self) -> list[str]:
+        """The metric values the pair criterion compares candidates by: pairs.ranked_by, or the reward's for
+        best_of_k (speechalign/criteria.py checks that a [score] plug-in produces each)."""
+        return list(self.reward.weights) if self.pairs.criterion == "best_of_k" else self.pairs.ranked_by
+
+
     @property
     def workdir(self) -> Path:
         return Path(self.paths.workdir).resolve()

@@ -7,11 +7,15 @@
   pairs.metrics, each by more than its margin (pairs.margins, default 0). No fixed winner, so the
   policy is never pushed toward one target whatever it costs on the other metrics.
 - single:<metric>: the same with one metric, for ablations.
-- pareto (NeMo-Aligner's way of ranking by several rewards): a prompt's candidates (and golden, with
+- pareto (MagpieTTS's preference pairs from a model's own samples): a prompt's candidates (and golden, with
   pairs.include_golden) are sorted into Pareto fronts over pairs.metrics; the chosen side is a sample of the
   first front that meets every bound of pairs.chosen_limits (e.g. {asr_wer = 0.5}: understandable enough to
-  be worth preferring), the rejected side each sample of the last front. A prompt whose first front meets no
-  bound, or that has one front only, gives no pair.
+  be worth preferring), the rejected side a sample of the last front that it dominates: never a pair whose
+  rejected side wins on any of the metrics. A prompt whose first front meets no bound, or that has one front
+  only, gives no pair.
+- best_of_k (rejection sampling): a prompt's candidate with the highest reward (speechalign/rewards.py, the
+  [reward] the online round trains on) against the one with the lowest; with train.loss_type = ["sft"] the round
+  is SFT on the best of K samples, the baseline an online recipe has to beat.
 
 A criterion is a plain function of samples and their scores; the pairs stage (tasks/pairs.py) stores what
 it selects.
@@ -29,6 +33,7 @@ from rapidfuzz.distance import Levenshtein
 from speechalign.config import Config, ConfigError
 from speechalign.models.metrics import value_directions
 from speechalign.preference_store.schema import Sample
+from speechalign.rewards import Reward
 
 ScoreTable = dict[int, dict[str, float | None]]  # sample id -> value name -> value (None: failed)
 PairRow = tuple[Sample, Sample, dict]
@@ -94,19 +99,18 @@ def single(metric: str):
 def pareto_fronts(pool: list[Sample], values: dict[int, dict[str, float]],
                   directions: dict[str, bool]) -> list[list[Sample]]:
     """Non-dominated sorting: front 0 is dominated by no sample, front 1 only by front 0's, and so on."""
-    def better_or_equal(a, b):
-        return all((values[a.id][m] >= values[b.id][m]) if up else (values[a.id][m] <= values[b.id][m])
-                   for m, up in directions.items())
-
-    def dominates(a, b):
-        return better_or_equal(a, b) and values[a.id] != values[b.id]
-
     left, fronts = list(pool), []
     while left:
-        front = [a for a in left if not any(dominates(b, a) for b in left if b is not a)]
+        front = [a for a in left
+                 if not any(dominates(values[b.id], values[a.id], directions) for b in left if b is not a)]
         fronts.append(front)
         left = [a for a in left if a not in front]
     return fronts
+
+
+def dominates(a: dict[str, float], b: dict[str, float], directions: dict[str, bool]) -> bool:
+    """a is at least as good as b on every metric, and better on one."""
+    return a != b and all((a[m] >= b[m]) if up else (a[m] <= b[m]) for m, up in directions.items())
 
 
 def pareto(samples: list[Sample], scores: ScoreTable, cfg: Config) -> Selection:
@@ -125,10 +129,30 @@ def pareto(samples: list[Sample], scores: ScoreTable, cfg: Config) -> Selection:
         chosen = [s for s in fronts[0] if all(
             (values[s.id][m] <= bound) if not directions[m] else (values[s.id][m] >= bound)
             for m, bound in limits.items() if m in values[s.id])]
-        kept = [(c, r) for c in chosen for r in fronts[-1] if c.tokens != r.tokens]
+        kept = [(c, r) for c in chosen for r in fronts[-1]
+                if c.tokens != r.tokens and dominates(values[c.id], values[r.id], directions)]
         if cfg.pairs.max_pairs_per_prompt:
             kept = kept[: cfg.pairs.max_pairs_per_prompt]
         sel.pairs += [(c, r, margins(scores[c.id], scores[r.id])) for c, r in kept]
+    return sel
+
+
+def best_of_k(samples: list[Sample], scores: ScoreTable, cfg: Config) -> Selection:
+    reward = Reward.from_config(cfg.reward)
+    sel = Selection([], 0)
+    for kinds in by_prompt(samples).values():
+        golden = len(kinds["golden"][0].tokens) if kinds["golden"] else 0
+        scored = [c for c in kinds["candidate"] if set(reward.values) <= scores.get(c.id, {}).keys()]
+        sel.skipped_unscored += len(kinds["candidate"]) - len(scored)
+        sel.considered += len(scored) * (len(scored) - 1) // 2
+        ranked = sorted(scored, key=lambda c: reward(scores[c.id], len(c.tokens), golden, c.finished))
+        if len(ranked) < 2:
+            continue
+        worst, best = ranked[0], ranked[-1]
+        gain = reward(scores[best.id], len(best.tokens), golden, best.finished) - reward(
+            scores[worst.id], len(worst.tokens), golden, worst.finished)
+        if gain > 0 and best.tokens != worst.tokens:
+            sel.pairs.append((best, worst, {**margins(scores[best.id], scores[worst.id]), "reward": gain}))
     return sel
 
 
@@ -150,13 +174,14 @@ def criterion_function(cfg: Config):
     name = cfg.pairs.criterion
     if name.startswith("single:"):
         return single(name.removeprefix("single:"))
-    return {"golden_vs_synthetic": golden_vs_synthetic, "unanimous": unanimous, "pareto": pareto}[name]
+    return {"golden_vs_synthetic": golden_vs_synthetic, "unanimous": unanimous, "pareto": pareto,
+            "best_of_k": best_of_k}[name]
 
 
 def check_criterion(cfg: Config) -> None:
     """Every metric value the criterion ranks by is produced by a [score] plug-in and has a better side; raises
     ConfigError naming the knob to change. Run before any work (speechalign/runtime/preflight.py)."""
-    name, names = cfg.pairs.criterion, cfg.pairs.ranked_by
+    name, names = cfg.pairs.criterion, cfg.ranked_values
     try:
         directions = value_directions(cfg.score.metrics)  # both raise on a plug-in name that does not exist
         heldout_only = value_directions(cfg.score.heldout_metrics)

@@ -264,6 +264,41 @@ def ablation_report(cfg: Config, campaigns: dict[str, str], against: str | None 
             **({"against": reference} if reference else {})}
 
 
+def final_report(final: dict[str, dict[str, dict[int, float]]], campaigns: dict[str, str],
+                 against: str | None) -> dict:
+    """The final evaluation's figures (flows/final_evaluation.py): per recipe, the mean of each figure over the test
+    prompts, its change against the base model and against `against`'s recipe, paired by prompt [95% interval]."""
+    base = final["base model"]
+    versus = final.get(campaigns.get(against, against)) if against else None
+    rows = [{"recipe": "base model", **{f"test/{m}": statistics.fmean(v.values()) for m, v in base.items() if v}}]
+    for recipe, name in campaigns.items():
+        if name not in final:
+            continue
+        figures = final[name]
+        row = {"recipe": recipe, **{f"test/{m}": statistics.fmean(v.values()) for m, v in figures.items() if v},
+               "vs_base": changes(figures, base)}
+        if versus is not None and final[name] is not versus:
+            row["vs_against"] = changes(figures, versus)
+        rows.append(row)
+    return {"prompts": len(next(iter(base.values()), {})), "against": against, "rows": rows}
+
+
+def format_final(final: dict) -> list[str]:
+    lines = ["", f"final evaluation: each recipe's last round on {final['prompts']} test prompts, in no other split; "
+             "change against the base model, mean over test prompts [paired bootstrap 95% CI]"]
+    cells = [["recipe"] + [h for h, _ in CHANGED]]
+    cells += [[r["recipe"]] + [interval_cell(r["vs_base"].get(m)) for _, m in CHANGED]
+              for r in final["rows"] if "vs_base" in r]
+    lines += aligned(cells)
+    if final["against"]:
+        cells = [["recipe"] + [h for h, _ in CHANGED]]
+        cells += [[r["recipe"]] + [interval_cell(r["vs_against"].get(m)) for _, m in CHANGED]
+                  for r in final["rows"] if "vs_against" in r]
+        lines += ["", f"final evaluation: change against {final['against']}, paired by test prompt [95% CI]",
+                  *aligned(cells)]
+    return lines
+
+
 def against_round(store, campaigns: dict[str, str], against: str) -> tuple[dict, dict[str, dict[int, float]]]:
     """The campaign `against` names (a recipe of this ablation, or a campaign's own name), its last completed
     round, and that round's held-out figures per prompt."""
@@ -318,6 +353,8 @@ def format_ablation(report: dict) -> str:
                   "mean over held-out prompts [paired bootstrap 95% CI]", *aligned(versus)]
         lines += [f"{r['recipe']}: not compared, held out evaluated otherwise ({'; '.join(r['not_comparable'])})"
                   for r in report["rows"] if r.get("not_comparable")]
+    if report.get("final"):
+        lines += format_final(report["final"])
     return "\n".join(lines)
 
 

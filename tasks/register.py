@@ -36,25 +36,28 @@ AUDIO_PROMPTS = 3  # held-out prompts whose audio each round logs, the same ones
 
 
 @stage
-def register(ctx: RoundContext, pairs: Pairs, trained: Trained, heldout: Heldout, verdict: Verdict) -> Registered:
+def register(ctx: RoundContext, pairs: Pairs | None, trained: Trained, heldout: Heldout,
+             verdict: Verdict) -> Registered:
     cfg, store, rnd = ctx.cfg, ctx.store, ctx.round
     c, experiment, parent, run_id = round_run(cfg, store, ctx.campaign, rnd)
-    summary = {**figures(heldout), **interval_figures(heldout), **figures(pairs), **figures(verdict),
-               **figures(trained)}
+    summary = {**figures(heldout), **interval_figures(heldout), **(figures(pairs) if pairs else {}),
+               **figures(verdict), **figures(trained)}
     if not c.get_metric_history(run_id, next(iter(figures(heldout)))):  # metrics of this round not logged yet
         now = int(time.time() * 1000)
         timings = {name: st.seconds for name, st in store.stages(rnd.id).items() if st.seconds is not None}
-        metrics = [Metric(f"dpo/{k}", float(v), now, h["step"]) for h in trained.history for k, v in h.items()
+        method = f"{trained.method}/"  # dpo/ or grpo/: the trainer's figures, per step
+        metrics = [Metric(f"{method}{k}", float(v), now, h["step"]) for h in trained.history for k, v in h.items()
                    if k != "step"]
-        metrics += [Metric(k, v, now, rnd.number) for k, v in summary.items() if not k.startswith("dpo/")]
+        metrics += [Metric(k, v, now, rnd.number) for k, v in summary.items() if not k.startswith(method)]
         metrics += [Metric(f"time/{name}_s", float(s), now, rnd.number) for name, s in timings.items()]
         c.log_batch(run_id, metrics=metrics, params=round_params(cfg))
-        c.log_batch(parent, metrics=[Metric(k.replace("dpo/", "dpo_final/", 1), v, now, rnd.number)
+        c.log_batch(parent, metrics=[Metric(k.replace(method, f"{trained.method}_final/", 1), v, now, rnd.number)
                                      for k, v in summary.items()])
     if not c.list_artifacts(run_id, "adapter"):
         c.log_artifacts(run_id, trained.adapter, "adapter")
     log_gap_figure(ctx, c, run_id)
     log_audio_samples(cfg, store, c, run_id, rnd, "audio")
+    log_rollouts(store, c, run_id, rnd)
     version = registered_version(cfg, c, experiment, run_id, rnd, trained.policy)
     previous = store.round_number(ctx.campaign.id, rnd.number - 1)
     parent_ckpt = store.checkpoint(previous.id) if previous else None
@@ -126,6 +129,23 @@ def log_audio_samples(cfg: Config, store: PreferenceStore, client, run_id: str, 
             shutil.copyfile(s.audio_path, folder / f"3_round_{rnd.number}.wav")
         client.log_artifacts(run_id, tmp, artifact_path)
     return min(len(samples), AUDIO_PROMPTS)
+
+
+def log_rollouts(store: PreferenceStore, client, run_id: str, rnd: Round) -> None:
+    """An online round's first and last step's rollouts whose WAVs were kept, named by step and reward, once."""
+    kept = [s for s in store.samples(rnd.id, "rollout") if s.audio_path and Path(s.audio_path).is_file()]
+    if not kept or client.list_artifacts(run_id, "rollouts"):
+        return
+    steps = {s.sampling["step"] for s in kept}
+    kept = [s for s in kept if s.sampling["step"] in (min(steps), max(steps))]
+    rewards = store.scores(rnd.id, "rollout")
+    with tempfile.TemporaryDirectory() as tmp:
+        for s in kept:
+            reward = rewards.get(s.id, {}).get("reward")
+            suffix = f"_reward{reward:.2f}" if reward is not None else ""
+            name = f"step{s.sampling['step']:04d}_k{s.k}{suffix}.wav"
+            shutil.copyfile(s.audio_path, Path(tmp) / name)
+        client.log_artifacts(run_id, tmp, "rollouts")
 
 
 def registered_version(cfg: Config, c, exp_id: str, run_id: str, rnd: Round, policy_dir: str) -> str:

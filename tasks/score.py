@@ -57,7 +57,7 @@ def candidate_metrics(cfg: Config) -> list[str]:
     """The plug-ins that score a round's golden and candidate samples (see the module's docstring)."""
     if cfg.score.candidates == "all":
         return list(cfg.score.metrics)
-    ranked = set(cfg.pairs.ranked_by)
+    ranked = set(cfg.ranked_values)
     return [m for m in cfg.score.metrics if is_cheap(m) or ranked & value_directions([m]).keys()]
 
 

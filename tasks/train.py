@@ -96,12 +96,10 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
         lm.model = prepare_model_for_kbit_training(lm.model, use_gradient_checkpointing=t.gradient_checkpointing)
     dataset = preference_dataset(store, round_id, lm)
     precision = decide_precision(cfg.model.dtype)
-    train_embeddings = t.train_embeddings == "true" or (
-        t.train_embeddings == "auto" and lm.metadata.get("added_tokens", 0) > 0 and not lm.metadata.get("sft"))
     lora = LoraConfig(
         r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, task_type="CAUSAL_LM",
-        target_modules=t.target_modules[0] if t.target_modules == ["all-linear"] else t.target_modules,
-        modules_to_save=embedding_module_names(lm.model) if train_embeddings else None,
+        target_modules=lora_target_modules(t),
+        modules_to_save=embedding_module_names(lm.model) if train_embeddings(cfg, lm) else None,
     )
     args = DPOConfig(
         output_dir=str(layout.trainer_output(rnd.number)), num_train_epochs=t.epochs,
@@ -126,8 +124,33 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
         return None
     history = [{k: h[k] for k in ("step", *DPO_METRICS) if k in h}
                for h in trainer.state.log_history if "rewards/accuracies" in h]
+    save_round_policy(cfg, rnd, trainer, lm, precision)
+    tail = history[-max(1, len(history) // 4):]
+    return Trained(
+        policy=str(policy_dir), adapter=str(adapter_dir), pairs=len(dataset), steps=int(trainer.state.global_step),
+        precision=precision.name, runtime_s=float(output.metrics.get("train_runtime", 0.0)), reference=t.reference,
+        processes=trainer.accelerator.num_processes, method="dpo",
+        final={k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
+        history=history)
+
+
+def lora_target_modules(t) -> str | list[str]:
+    return t.target_modules[0] if t.target_modules == ["all-linear"] else t.target_modules
+
+
+def train_embeddings(cfg: Config, lm: CodecLM) -> bool:
+    """Whether the input embedding and output layer train too (PEFT's modules_to_save): train.train_embeddings, or
+    on "auto" when bootstrap added speech tokens to the model and no SFT trained their rows."""
+    t = cfg.train.train_embeddings
+    return t == "true" or (t == "auto" and lm.metadata.get("added_tokens", 0) > 0 and not lm.metadata.get("sft"))
+
+
+def save_round_policy(cfg: Config, rnd, trainer, lm: CodecLM, precision: Precision) -> None:
+    """The round's LoRA adapter, and its merged policy: the next round's input, written under a temporary name and
+    renamed, so the policy directory appears complete or not at all."""
+    policy_dir, adapter_dir = cfg.layout.policy(rnd.number), cfg.layout.adapter(rnd.number)
     trainer.model.save_pretrained(adapter_dir)
-    if quantized:  # 8-/4-bit weights cannot take the adapter: merge it into the input policy in its dtype
+    if cfg.model.quantization != "none":  # 8-/4-bit weights cannot take the adapter: merged into the input policy
         merged = merge_adapter(rnd.policy_in, adapter_dir, precision).model
     else:  # saved in the dtype it is served in (fp32 master weights train on a GPU without bf16)
         merged = trainer.model.merge_and_unload().to(precision.inference)
@@ -136,14 +159,7 @@ def run_dpo(cfg: Config, round_id: int) -> Trained | None:
     shutil.rmtree(tmp, ignore_errors=True)
     CodecLM(merged, lm.tokenizer, metadata).save(tmp, cfg.model.max_shard_size)
     shutil.rmtree(policy_dir, ignore_errors=True)
-    tmp.rename(policy_dir)  # the policy directory appears complete or not at all
-    tail = history[-max(1, len(history) // 4):]
-    return Trained(
-        policy=str(policy_dir), adapter=str(adapter_dir), pairs=len(dataset), steps=int(trainer.state.global_step),
-        precision=precision.name, runtime_s=float(output.metrics.get("train_runtime", 0.0)), reference=t.reference,
-        processes=trainer.accelerator.num_processes,
-        final={k: statistics.fmean(h[k] for h in tail if k in h) for k in DPO_METRICS if any(k in h for h in tail)},
-        history=history)
+    tmp.rename(policy_dir)
 
 
 def merge_adapter(policy: str, adapter: str, precision: Precision) -> CodecLM:

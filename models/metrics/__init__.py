@@ -60,6 +60,17 @@ def value_directions(names: list[str]) -> dict[str, bool | None]:
     return out
 
 
+def plugins_for(values: list[str]) -> list[str]:
+    """The plug-ins that produce the named values, each once, in the registry's order."""
+    registry = _registry()
+    found = [name for name, plugin in registry.items() if set(plugin.outputs) & set(values)]
+    missing = set(values) - {v for name in found for v in registry[name].outputs}
+    if missing:
+        known = sorted(v for plugin in registry.values() for v in plugin.outputs)
+        raise ValueError(f"no metric plug-in produces {sorted(missing)}; the values are {', '.join(known)}")
+    return found
+
+
 def needs_audio(names: list[str]) -> bool:
     """Whether any of the named plug-ins listens to the samples (so they must be decoded first)."""
     registry = _registry()

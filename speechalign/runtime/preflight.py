@@ -8,11 +8,12 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
-from speechalign.config import Config
+from speechalign.config import Config, ConfigError
 from speechalign.criteria import check_criterion
-from speechalign.models.metrics import check_metric_names
+from speechalign.models.metrics import check_metric_names, plugins_for
 from speechalign.preference_store import migrate
 from speechalign.preference_store.store import check_reachable
+from speechalign.rewards import Reward
 
 
 class PreflightError(RuntimeError):
@@ -53,6 +54,12 @@ def check_names(cfg: Config) -> Config:
     """The metric plug-ins and the pair criterion the config names exist, and fit together (ConfigError)."""
     check_metric_names(cfg)
     check_criterion(cfg)
+    if cfg.train.method == "grpo" or cfg.pairs.criterion == "best_of_k":
+        Reward.from_config(cfg.reward)
+        try:
+            plugins_for(list(cfg.reward.weights))
+        except ValueError as error:
+            raise ConfigError(f"reward.weights: {error}") from None
     return cfg
 
 

@@ -122,6 +122,7 @@ class Trained:
     runtime_s: float
     reference: str
     processes: int = 1
+    method: str = "dpo"  # dpo (pairs) | grpo (rollouts: `pairs` counts them); its figures are <method>/<TRL's name>
     final: dict[str, float] = field(default_factory=dict)  # TRL's figures, mean of the last quarter of steps
     history: list[dict[str, float]] = field(default_factory=list)  # TRL's figures at every logged step
     waited_for_host_lock_s: float = 0.0
@@ -197,7 +198,7 @@ def figures(result) -> dict[str, float]:
         return {**{f"heldout/{k}": float(v) for k, v in result.metrics.items()},
                 **{f"probe/{k}": float(v) for k, v in result.probe.items()}}
     if isinstance(result, Trained):
-        return {f"dpo/{k}": float(v) for k, v in result.final.items()}
+        return {f"{result.method}/{k}": float(v) for k, v in result.final.items()}
     return {f"{result.stage}/{f.name}": float(getattr(result, f.name)) for f in dataclasses.fields(result)
             if f.metadata.get("figure") and getattr(result, f.name) is not None}
 
