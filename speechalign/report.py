@@ -247,7 +247,8 @@ def ablation_report(cfg: Config, campaigns: dict[str, str], against: str | None 
             "recipe": recipe, "campaign": name, "criterion": campaign.config.get("pairs", {}).get("criterion"),
             "rounds": len(rounds), **(heldout(rounds[-1][1]) if rounds else {}), **changes_of(last),
             "pairs": sum(int(p.get("pairs/pairs", 0)) for p in pairs),
-            "pair_yield": statistics.fmean(p["pairs/pair_yield"] for p in pairs) if pairs else None,
+            "pair_yield": statistics.fmean(yields) if (yields := [p["pairs/pair_yield"] for p in pairs
+                                                                   if "pairs/pair_yield" in p]) else None,
             "guard_flags": sum(d.get("guard") is not None and d["guard"].verdict == "flagged" for d in decisions),
             "promoted": sum(d.get("promotion") is not None and d["promotion"].verdict == "promoted" for d in decisions),
         })

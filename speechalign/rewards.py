@@ -46,6 +46,10 @@ class Reward:
             raise ConfigError("reward.weights gives no value a weight above 0, e.g. {asr_cer = 1.0}")
         return cls({m: w for m, w in reward.weights.items() if w > 0}, bounds, reward.min_length_ratio)
 
+    def normalised_weights(self) -> list[float]:
+        """The weights in `values` order, summing to 1: TRL's weighted sum of the components is then `total`."""
+        return [w / sum(self.weights.values()) for w in self.weights.values()]
+
     @property
     def values(self) -> list[str]:
         """The metric values the reward reads."""

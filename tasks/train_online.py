@@ -176,7 +176,7 @@ def train_online(ctx: RoundContext) -> Trained:
         temperature=g.temperature, top_k=g.top_k, top_p=g.top_p,
         generation_kwargs={"suppress_tokens": lm.non_speech_ids(), "eos_token_id": lm.stop_ids()},
         loss_type=o.loss_type, scale_rewards=o.scale_rewards, beta=o.beta, learning_rate=t.learning_rate,
-        reward_weights=[reward.weights[n] for n in reward.weights], lr_scheduler_type="constant_with_warmup",
+        reward_weights=reward.normalised_weights(), lr_scheduler_type="constant_with_warmup",
         warmup_steps=min(2, len(prompts) // o.prompts_per_step), logging_steps=1, save_strategy="steps",
         save_steps=o.save_steps, save_total_limit=1, report_to=[], disable_tqdm=True, seed=t.seed,
         gradient_checkpointing=t.gradient_checkpointing, dataloader_num_workers=0, remove_unused_columns=False,
