@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import argparse
 import time
+from dataclasses import asdict
 
 import torch
 
 from speechalign.bootstrap.demo_corpus import demo_sentences
 from speechalign.config import Config
-from speechalign.models.codec_lm import CodecLM, build_demo_model, build_demo_tokenizer, load_codec_lm
+from speechalign.models.codec_lm import CodecLM, SpeechFormat, build_demo_model, build_demo_tokenizer, load_codec_lm
 from speechalign.models.sampling import Sampling, generate_units
 
 
@@ -24,7 +25,7 @@ def demo_size_model() -> CodecLM:
     m = Config().model
     tok = build_demo_tokenizer(1024, [])
     model = build_demo_model(tok, m.layers, m.hidden_size, m.heads, m.max_positions, seed=0).eval()
-    return CodecLM(model, tok, {"codebook_size": 1024, "speaker_in_prompt": False})
+    return CodecLM(model, tok, {"codebook_size": 1024, "format": asdict(SpeechFormat(speaker_in_prompt=False))})
 
 
 def timed(fn) -> tuple[float, int]:
@@ -46,7 +47,8 @@ def run(lm: CodecLM, prompts: list[str], batch: int, tokens: int, use_cache: boo
                                         pad_token_id=lm.tokenizer.pad_token_id)
                 total += (out.shape[1] - enc["input_ids"].shape[1]) * out.shape[0]
         else:
-            total += sum(len(g.units) for g in generate_units(lm, prompts[i:i + batch], sampling, seed=i))
+            part = prompts[i:i + batch]
+            total += sum(len(g.units) for g in generate_units(lm, part, sampling, list(range(i, i + len(part)))))
     return total
 
 

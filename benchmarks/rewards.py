@@ -78,7 +78,8 @@ def main() -> None:
     campaign = ensure_campaign(bench)  # the scorer records its rollouts: in a campaign of the benchmark's own
     lm = load_codec_lm(campaign.base_model_path)
     prompts = (store.prompts("train") * args.rollouts)[:args.rollouts]
-    outputs = generate_units(lm, [lm.prompt(p.text, p.speaker) for p in prompts], candidate_sampling(cfg), seed=0)
+    outputs = generate_units(lm, [lm.prompt(p.text, p.speaker) for p in prompts], candidate_sampling(cfg),
+                             list(range(len(prompts))))
     rows = [(o.units, True) for o in outputs]  # every rollout heard: both paths decode and score all of them
     reward = Reward.from_config(cfg.reward.model_copy(update={"min_length_ratio": 0.0}))
     with tempfile.TemporaryDirectory() as tmp:

@@ -1,7 +1,11 @@
-"""Batched unit generation with a KV cache: the one place that calls `model.generate`.
+"""Batched unit generation with transformers, each sample with its own seed: the HF generation backend.
 
-Generation, evaluation and the benchmarks all come here, so a candidate and an evaluation sample
-are made the same way. Prompts are left-padded; only units and the stop tokens can be produced.
+A sample's tokens depend on its prompt, its seed and the sampling settings, never on the batch it is generated in
+or its place there, as vLLM's per-request seeds do (tasks/generators.py serves both backends through one interface).
+transformers draws every row of a batch from one random stream, so sampling here is done by `PerSampleSampler`: at
+each step, each row's logits get the temperature, top-k and top-p cuts, then Gumbel noise from the row's own
+generator (seeded by the sample's seed), and the greedy pick of noisy logits is an exact draw from the cut
+distribution (the Gumbel-max trick). Prompts are left-padded; only units and the stop tokens can be produced.
 """
 
 from __future__ import annotations
@@ -9,7 +13,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
-from transformers import GenerationConfig
+from transformers import GenerationConfig, LogitsProcessor, LogitsProcessorList
 
 from speechalign.models.codec_lm import CodecLM
 
@@ -33,9 +37,34 @@ class Generated:
     finished: bool  # ended with a stop token, not at the length limit
 
 
+class PerSampleSampler(LogitsProcessor):
+    """Turns greedy decoding into sampling with one random stream per row (see the module's docstring)."""
+
+    def __init__(self, seeds: list[int], sampling: Sampling, device: torch.device):
+        self.sampling = sampling
+        self.generators = [torch.Generator(device=device).manual_seed(int(s)) for s in seeds]
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        s = self.sampling
+        scores = scores.float() / s.temperature
+        if s.top_k > 0:
+            kth = torch.topk(scores, min(s.top_k, scores.shape[-1]), dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if s.top_p < 1.0:
+            ordered, order = torch.sort(scores, descending=True, dim=-1)
+            beyond = ordered.softmax(-1).cumsum(-1) - ordered.softmax(-1) >= s.top_p  # mass before it reached top_p
+            scores = scores.masked_fill(beyond.scatter(-1, order, beyond), float("-inf"))
+        uniform = torch.stack([torch.rand(scores.shape[-1], generator=g, device=scores.device)
+                               for g in self.generators])
+        gumbel = -torch.log(-torch.log(uniform.clamp(min=torch.finfo(uniform.dtype).tiny)))
+        return scores + gumbel
+
+
 @torch.inference_mode()
-def generate_units(lm: CodecLM, prompts: list[str], sampling: Sampling, seed: int) -> list[Generated]:
-    """One batch: a sequence of units per prompt. `seed` makes the batch reproducible."""
+def generate_units(lm: CodecLM, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[Generated]:
+    """One batch: a sequence of units per prompt, the i-th drawn with `seeds[i]` (greedy: seeds are not used)."""
+    if len(seeds) != len(prompts):
+        raise ValueError(f"generate_units: {len(prompts)} prompts and {len(seeds)} seeds; give one seed a prompt")
     tokenizer, model = lm.tokenizer, lm.model
     tokenizer.padding_side = "left"
     enc = tokenizer(prompts, return_tensors="pt", padding=True, add_special_tokens=False).to(model.device)
@@ -46,15 +75,12 @@ def generate_units(lm: CodecLM, prompts: list[str], sampling: Sampling, seed: in
     static = {"cache_implementation": "static"} if (model.device.type == "cpu" and
                                                       getattr(model, "_can_compile_fullgraph", False)) else {}
     config = GenerationConfig(
-        do_sample=sampling.do_sample, max_new_tokens=sampling.max_new_tokens, use_cache=True, **static,
-        eos_token_id=lm.stop_ids(), pad_token_id=tokenizer.pad_token_id, suppress_tokens=lm.non_speech_ids(),
-        **({"temperature": sampling.temperature, "top_k": sampling.top_k, "top_p": sampling.top_p}
-           if sampling.do_sample else {}),
-    )
-    torch.manual_seed(seed)
+        do_sample=False, max_new_tokens=sampling.max_new_tokens, use_cache=True, **static,
+        eos_token_id=lm.stop_ids(), pad_token_id=tokenizer.pad_token_id, suppress_tokens=lm.non_speech_ids())
+    processors = LogitsProcessorList([PerSampleSampler(seeds, sampling, model.device)] if sampling.do_sample else [])
     was_training = model.training
     model.eval()
-    out = model.generate(**enc, generation_config=config)
+    out = model.generate(**enc, generation_config=config, logits_processor=processors)
     model.train(was_training)
     start = enc["input_ids"].shape[1]
     results = []

@@ -153,8 +153,9 @@ class GenerateConfig(Section):
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
     top_p: float = Field(1.0, gt=0, le=1, description="1.0: no nucleus cut")
     max_new_tokens: int = Field(250, ge=1, description="longest sequence of units")
-    batch_size: int = Field(64, ge=1, description="sequences per generation call")
-    seed: int = Field(1234, description="seed of the candidates (each batch's seed derives from it)")
+    batch_size: int = Field(64, ge=1, description="sequences per generation call (samples do not depend on it)")
+    seed: int = Field(1234, description="seed of the candidates (each sample's seed derives from it, the round, its "
+                                        "prompt and its index)")
 
 
 class ScoreConfig(Section):
@@ -375,7 +376,9 @@ class Config(Section):
     def ranked_values(self) -> list[str]:
         """The metric values the pair criterion compares candidates by: pairs.ranked_by, or the reward's for
         best_of_k (speechalign/criteria.py checks that a [score] plug-in produces each)."""
-        return list(self.reward.weights) if self.pairs.criterion == "best_of_k" else self.pairs.ranked_by
+        if self.pairs.criterion == "best_of_k":
+            return [value for value, weight in self.reward.weights.items() if weight > 0]
+        return self.pairs.ranked_by
 
 
     @property
@@ -425,8 +428,8 @@ def evaluation_setup(config: dict) -> dict[str, Any]:
     setup = {f"{section}.{key}": value for section in ("evaluate", "score", "codec", "corpus")
              for key, value in (config.get(section) or {}).items()}
     drawn = config.get("generate") or {}
-    return setup | {f"generate.{key}": drawn.get(key)
-                    for key in ("temperature", "top_k", "top_p", "max_new_tokens", "batch_size")}
+    return setup | {f"generate.{key}": drawn.get(key)  # not batch_size: a sample does not depend on its batch
+                    for key in ("temperature", "top_k", "top_p", "max_new_tokens")}
 
 
 def setup_differences(setup: dict[str, Any], other: dict[str, Any]) -> list[str]:

@@ -8,10 +8,10 @@
                         sequence; with seeds that depend on the prompt and the sample's index, never on the round,
                         so rounds compare prompt by prompt
 
-Both go through `generate_samples`: batches of (prompt, index) in a fixed order, each batch written to the store as
-it is made (a resumed stage generates only what is missing, with the same seeds), in this process or over Dask
-workers (speechalign/runtime/fan_out.py). A batch's seed names its first item, so a batch is the same whichever
-process makes it.
+Both go through `generate_samples`: batches of (prompt, index), each written to the store as it is made (a resumed
+stage generates only what is missing), in this process or over Dask workers (speechalign/runtime/fan_out.py), by
+the configured generation backend (models/generators.py). Each sample has its own seed, named by the round (or
+the evaluation), its prompt and its index: a sample is the same whichever batch, process or engine makes it.
 """
 
 from __future__ import annotations
@@ -21,9 +21,8 @@ import logging
 import random
 
 from speechalign.config import Config
-from speechalign.models.codec_lm import inference_policy
-from speechalign.models.precision import decide_precision
-from speechalign.models.sampling import Sampling, generate_units
+from speechalign.models.generators import generator_for
+from speechalign.models.sampling import Sampling
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore, open_store
 from speechalign.runtime.context import RoundContext
@@ -124,20 +123,19 @@ def generate_batches(cfg: Config, round_id: int, batches: list[list[tuple[int, i
     store = open_store(cfg.store_url)
     prompts = {p.id: p for p in store.prompts()}
     done = store.existing_sample_keys(round_id, kind)
-    lm = inference_policy(policy, decide_precision(cfg.model.dtype))
+    generator = generator_for(cfg, policy)
     settings = Sampling(**sampling)
     unfinished = 0
     for number, batch in enumerate(batches, start=1):
         if all(item in done for item in batch):  # a retried shard: this batch was written
             continue
-        batch_seed = derive_seed(*seed, *batch[0])  # names the batch's first item: a resumed stage makes the same
+        seeds = [derive_seed(*seed, pid, k) for pid, k in batch]
         items = [(prompts[pid], k) for pid, k in batch]
-        outputs = generate_units(lm, [lm.prompt(p.text, p.speaker) for p, _ in items], settings, batch_seed)
+        outputs = generator.sample([generator.lm.prompt(p.text, p.speaker) for p, _ in items], seeds, settings)
         store.add_samples([
             {"round_id": round_id, "prompt_id": p.id, "kind": kind, "k": k, "tokens": out.units,
-             "finished": out.finished, "seed": batch_seed if settings.do_sample else None,
-             "sampling": {**sampling, "batch_position": i}}
-            for i, ((p, k), out) in enumerate(zip(items, outputs))
+             "finished": out.finished, "seed": s if settings.do_sample else None, "sampling": sampling}
+            for (p, k), s, out in zip(items, seeds, outputs)
         ])
         unfinished += sum(not o.finished for o in outputs)
         log.debug("%s: batch %d/%d (%d sequences)", stage_name, number, len(batches), len(batch))

@@ -61,25 +61,35 @@ def test_users_hf_model_gets_the_speech_vocabulary_and_generates_units(tmp_path)
     lm = load_user_model(path, codebook_size=64, speakers=["alice"], fmt=SpeechFormat())
     assert lm.metadata["added_tokens"] == 64 + 2 + 1
     assert lm.model.get_input_embeddings().weight.shape[0] == len(lm.tokenizer) == before + 67
-    out = generate_units(lm, [lm.prompt("the fox", "alice")], Sampling(max_new_tokens=20), seed=0)
+    out = generate_units(lm, [lm.prompt("the fox", "alice")], Sampling(max_new_tokens=20), [0])
     assert all(0 <= u < 64 for u in out[0].units) and len(out[0].units) > 0
     lm.save(tmp_path / "policy")
     again = load_codec_lm(tmp_path / "policy")
     assert len(again.tokenizer) == len(lm.tokenizer) and again.metadata["added_tokens"] == 67
 
 
-def test_generation_is_seeded_and_yields_only_units():
+def test_each_sample_is_drawn_with_its_own_seed_whatever_its_batch_and_yields_only_units():
     tok = build_demo_tokenizer(32, [])
     lm = CodecLM(build_demo_model(tok, 1, 32, 2, 256, seed=0), tok, {"codebook_size": 32, "format": NO_SPEAKER})
-    prompts = [lm.prompt("open the box.", None), lm.prompt("a longer sentence here.", None)]
-    first = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=5)
-    again = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=5)
-    other = generate_units(lm, prompts, Sampling(max_new_tokens=30), seed=6)
-    assert [g.units for g in first] == [g.units for g in again] != [g.units for g in other]
-    assert all(0 <= u < 32 for g in first for u in g.units)
-    assert all(g.finished or len(g.units) == 30 for g in first)
-    greedy = generate_units(lm, prompts, Sampling(do_sample=False, max_new_tokens=30), seed=0)
-    assert greedy[0].units == generate_units(lm, prompts, Sampling(do_sample=False, max_new_tokens=30), seed=9)[0].units
+    texts = ["open the box.", "a longer sentence here.", "hi.", "the red lamp by the market."]
+    prompts = [lm.prompt(t, None) for t in texts]
+    for sampling in (Sampling(max_new_tokens=30), Sampling(temperature=0.8, top_k=8, top_p=0.9, max_new_tokens=30)):
+        first = generate_units(lm, prompts, sampling, [5, 6, 7, 8])
+        assert [g.units for g in first] == [g.units for g in generate_units(lm, prompts, sampling, [5, 6, 7, 8])]
+        assert [g.units for g in first] != [g.units for g in generate_units(lm, prompts, sampling, [9, 6, 7, 8])][:1] \
+            + [g.units for g in first][1:]  # another seed, another first sample; the others keep theirs
+        # alone, in another batch, at another place: the same sample for the same prompt and seed
+        alone = [generate_units(lm, [p], sampling, [s])[0].units for p, s in zip(prompts, [5, 6, 7, 8])]
+        reordered = generate_units(lm, prompts[::-1] + prompts[:1], sampling, [8, 7, 6, 5, 5])
+        assert [g.units for g in first] == alone == [g.units for g in reordered[3::-1]]
+        assert reordered[4].units == first[0].units
+        assert all(0 <= u < 32 for g in first for u in g.units)
+        assert all(g.finished or len(g.units) == 30 for g in first)
+    greedy = generate_units(lm, prompts, Sampling(do_sample=False, max_new_tokens=30), [0, 0, 0, 0])
+    [alone] = generate_units(lm, prompts[:1], Sampling(do_sample=False, max_new_tokens=30), [9])
+    assert greedy[0].units == alone.units
+    with pytest.raises(ValueError, match="4 prompts and 1 seeds"):
+        generate_units(lm, prompts, Sampling(), [1])
     assert torch.is_grad_enabled()  # generation leaves autograd as it found it
 
 

@@ -63,7 +63,7 @@ def test_a_speechgpt_style_llama_is_used_as_it_is(tmp_path, fast):
     assert prompt == "[Human]: please bring the red box<eoh> [SpeechGPT]: <sosp>"
     assert lm.tokenizer.unk_token_id not in lm.tokenizer(prompt, add_special_tokens=False)["input_ids"]
     assert lm.completion([5, 5, 1023]) == "<5><5><1023><eosp>"
-    [out] = generate_units(lm, [prompt], Sampling(max_new_tokens=20), seed=0)
+    [out] = generate_units(lm, [prompt], Sampling(max_new_tokens=20), [0])
     assert out.units and all(0 <= u < CODES for u in out.units)
     lm.save(tmp_path / "policy")
     again = load_codec_lm(tmp_path / "policy")
@@ -91,7 +91,7 @@ def test_a_chat_template_model_is_prompted_through_its_template(tmp_path):
                                                        speaker_in_prompt=False))
     assert lm.metadata["added_tokens"] == 0
     assert lm.prompt("please bring the red box", None) == "[user]: please bring the red box<eoh> [SpeechGPT]: <sosp>"
-    [out] = generate_units(lm, [lm.prompt("hello world", None)], Sampling(max_new_tokens=10), seed=1)
+    [out] = generate_units(lm, [lm.prompt("hello world", None)], Sampling(max_new_tokens=10), [1])
     assert all(0 <= u < CODES for u in out.units)
     plain = speechgpt_llama(tmp_path / "plain", fast=True)  # no chat template: the error says what to do
     with pytest.raises(ValueError, match="the tokenizer has no chat_template"):
