@@ -1,8 +1,9 @@
 """The initial policy: the demo's small Llama or a user's HF model, fine-tuned on golden tokens.
 
 SpeechAlign starts from a codec LM trained on golden tokens; bootstrap makes it here with TRL's
-SFTTrainer on the train split (prompt = text, completion = golden layer-1 units, loss on the
-completion only). With `model.sft_epochs = 0` a user's model is taken as it is.
+SFTTrainer on the 'sft' split (prompt = text, completion = golden layer-1 units, loss on the
+completion only), in full or with LoRA (model.sft_method). With `model.sft_epochs = 0` a user's model
+is taken as it is.
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import os
 from dataclasses import asdict
 
 from datasets import Dataset
+from peft import LoraConfig
 from transformers import PrinterCallback
 from trl import SFTConfig, SFTTrainer
 
@@ -20,7 +22,6 @@ from speechalign.models.codec_lm import (
     CodecLM,
     build_demo_model,
     build_demo_tokenizer,
-    load_options,
     load_user_model,
     mean_run,
     speech_format,
@@ -28,6 +29,7 @@ from speechalign.models.codec_lm import (
 from speechalign.models.precision import decide_precision
 from speechalign.preference_store.schema import Prompt
 from speechalign.runtime.training_progress import TrainingProgress
+from speechalign.tasks.train import embedding_module_names, lora_target_modules
 
 log = logging.getLogger(__name__)
 
@@ -38,7 +40,8 @@ def initial_model(cfg: Config, codebook_size: int, speakers: list[str],
     holds the golden units' mean run length, which decoding a deduplicating model's units needs."""
     m, fmt = cfg.model, speech_format(cfg.model)
     if m.base_model:
-        lm = load_user_model(m.base_model, codebook_size, speakers, fmt, **load_options(cfg.model))
+        # never quantized: the base model is saved, and rounds merge adapters into it (QLoRA is the rounds' choice)
+        lm = load_user_model(m.base_model, codebook_size, speakers, fmt, dtype=decide_precision(m.dtype).training)
         log.info("bootstrap: %s: %d speech tokens added to its vocabulary (%s)", m.base_model,
                  lm.metadata["added_tokens"], "none: its format matches" if not lm.metadata["added_tokens"]
                  else "new embeddings: they train with the model")
@@ -52,7 +55,8 @@ def initial_model(cfg: Config, codebook_size: int, speakers: list[str],
 
 
 def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir: str) -> dict:
-    """Full fine-tuning on golden units of the train split; returns the training figures."""
+    """Fine-tuning on the golden units of the 'sft' split, in full or with a LoRA adapter merged after
+    (model.sft_method); returns the training figures."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     m = cfg.model
     data = Dataset.from_list([{"prompt": lm.prompt(p.text, p.speaker),
@@ -62,15 +66,25 @@ def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir
         learning_rate=m.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10,
         save_strategy="no", report_to=[], disable_tqdm=True, **decide_precision(m.dtype).trainer_flags(),
         max_length=m.max_positions,
-        gradient_checkpointing=False, seed=m.seed, dataloader_num_workers=0,
+        gradient_checkpointing=cfg.train.gradient_checkpointing, seed=m.seed, dataloader_num_workers=0,
     )
+    lora = None
+    if m.sft_method == "lora":
+        t = cfg.train
+        lora = LoraConfig(r=t.lora_r, lora_alpha=t.lora_alpha, lora_dropout=t.lora_dropout, task_type="CAUSAL_LM",
+                          target_modules=lora_target_modules(t), modules_to_save=embedding_module_names(lm.model)
+                          if lm.metadata.get("added_tokens", 0) > 0 else None)
+    progress = TrainingProgress("bootstrap SFT", ("loss", "mean_token_accuracy"))
     trainer = SFTTrainer(model=lm.model, args=args, train_dataset=data, processing_class=lm.tokenizer,
-                         callbacks=[TrainingProgress("bootstrap SFT", ("loss", "mean_token_accuracy"))])
+                         peft_config=lora, callbacks=[progress])
     trainer.remove_callback(PrinterCallback)
     output = trainer.train()
+    if lora is not None:
+        lm.model = trainer.model.merge_and_unload()
     logs = [h for h in trainer.state.log_history if "mean_token_accuracy" in h]
-    result = {"epochs": m.sft_epochs, "steps": int(trainer.state.global_step), "utterances": len(prompts),
-              "train_loss": float(output.training_loss), "runtime_s": float(output.metrics.get("train_runtime", 0)),
+    result = {"method": m.sft_method, "epochs": m.sft_epochs, "steps": int(trainer.state.global_step),
+              "utterances": len(prompts), "train_loss": float(output.training_loss),
+              "runtime_s": float(output.metrics.get("train_runtime", 0)),
               "final_token_accuracy": float(logs[-1]["mean_token_accuracy"]) if logs else None}
     log.info("bootstrap: SFT %s", result)
     return result

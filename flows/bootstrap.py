@@ -27,7 +27,9 @@ from speechalign.bootstrap.shipped import SHIPPED, recipe_fingerprint, take_ship
 from speechalign.config import Config, save_config
 from speechalign.flows.common import load_flow_config
 from speechalign.models.codec_lm import METADATA_FILE, is_saved_policy
+from speechalign.models.precision import decide_precision
 from speechalign.models.speechtokenizer.codec import load_codec
+from speechalign.plan import check_token_budget
 from speechalign.preference_store.store import open_store
 
 log = logging.getLogger(__name__)
@@ -72,6 +74,7 @@ def base_model(cfg: Config) -> dict:
     lm.metadata["fingerprint"] = fingerprint
     if cfg.model.sft_epochs > 0:
         lm.metadata["sft"] = supervised_finetune(cfg, lm, train, str(cfg.layout.sft_run))
+    lm.model = lm.model.to(decide_precision(cfg.model.dtype).inference)  # saved as it is served, never fp32 masters
     lm.save(out, cfg.model.max_shard_size)
     return lm.metadata
 
@@ -92,7 +95,10 @@ def sft_prompts(store) -> list:
 
 def base_model_fingerprint(cfg: Config, train: list) -> str:
     """What the demo model's SFT is made from (bootstrap/shipped.py): its [model] settings, codec, corpus recipe."""
-    settings = {k: v for k, v in cfg.model.model_dump().items() if k not in ("base_model", "max_shard_size")}
+    settings = {k: v for k, v in cfg.model.model_dump().items()
+                if k not in ("base_model", "max_shard_size", "sft_method")}
+    if cfg.model.sft_method != "full":  # full SFT is the recipe the shipped model was made with before this knob
+        settings["sft_method"] = cfg.model.sft_method
     return recipe_fingerprint(cfg, {"model": settings}, train)
 
 
@@ -106,6 +112,7 @@ def bootstrap(workdir: str, config_file: str | None = None, overrides: list[str]
     if not store.prompts("train") or not store.prompts("heldout"):
         raise RuntimeError(f"{manifest}: too few usable utterances for a train and a held-out split "
                            f"(train {len(store.prompts('train'))}, held-out {len(store.prompts('heldout'))})")
+    check_token_budget(cfg, store)  # a long utterance would be cut: say which and which knob, before any training
     acoustic = acoustic_stage(cfg)
     metadata = base_model(cfg)
     reachable = ceiling(cfg)

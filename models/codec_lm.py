@@ -151,13 +151,17 @@ def build_demo_model(tokenizer: PreTrainedTokenizerBase, layers: int, hidden_siz
     """A small Llama: rotary positions learn the text-to-units alignment from a few hundred
     utterances far better than GPT-2's learned absolute positions did in our trials."""
     torch.manual_seed(seed)
-    config = LlamaConfig(
+    return LlamaForCausalLM(demo_config(tokenizer, layers, hidden_size, heads, max_positions))
+
+
+def demo_config(tokenizer: PreTrainedTokenizerBase, layers: int, hidden_size: int, heads: int,
+                max_positions: int) -> LlamaConfig:
+    return LlamaConfig(
         vocab_size=len(tokenizer), hidden_size=hidden_size, intermediate_size=hidden_size * 8 // 3,
         num_hidden_layers=layers, num_attention_heads=heads, num_key_value_heads=heads,
         max_position_embeddings=max_positions, tie_word_embeddings=True, bos_token_id=None,
         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id,
     )
-    return LlamaForCausalLM(config)
 
 
 def check_units_survive(tokenizer: PreTrainedTokenizerBase, codebook_size: int,

@@ -8,6 +8,7 @@
     speechalign listen --workdir W [--port P] [--add-rater NAME]   the A/B listening page for raters
     speechalign ablate --workdir W (--criteria golden_vs_synthetic,unanimous | --recipes FILE.toml) --rounds N
     speechalign policy --workdir W --round N --out DIR    a round's merged policy again (base + adapters)
+    speechalign plan --workdir W [--json]   disk a round adds, peak memory, token budget: before a round
     speechalign db upgrade [--db URL]
     speechalign config [--workdir W] [--defaults]   print the effective config (every knob, described)
     speechalign train-codec --manifest M --out DIR [--from DIR --decoder-steps N]
@@ -94,6 +95,10 @@ def parser() -> argparse.ArgumentParser:
     _common(p)
     p.add_argument("--round", type=int, required=True)
     p.add_argument("--out", required=True, help="directory to write the policy to")
+    p = sub.add_parser("plan", help="disk a round adds, peak memory of training and generation, and the token "
+                                    "budget against the longest utterance, before a round and without the weights")
+    _common(p)
+    p.add_argument("--json", action="store_true", help="print JSON for machines")
     p = sub.add_parser("db", help="preference store schema")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="run Alembic migrations to head")
@@ -293,6 +298,18 @@ def cmd_ablate(args) -> int:
     return 0
 
 
+def cmd_plan(args) -> int:
+    from speechalign.plan import format_plan, plan
+    from speechalign.preference_store.store import open_store
+
+    _require_workdir(args)
+    cfg = _config(args)
+    store = open_store(cfg.store_url) if cfg.layout.store_db.is_file() or cfg.store.url else None
+    found = plan(cfg, store)
+    print(json.dumps(found, indent=2) if args.json else format_plan(found))
+    return 0
+
+
 def cmd_report(args) -> int:
     _require_workdir(args)
     cfg = _config(args)
@@ -450,8 +467,9 @@ def _print_report(cfg, form: str = "text") -> None:
 
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
-            "serve": cmd_serve, "report": cmd_report, "listen": cmd_listen, "ablate": cmd_ablate, "policy": cmd_policy,
-            "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec, "codec-report": cmd_codec_report}
+            "serve": cmd_serve, "report": cmd_report, "listen": cmd_listen, "ablate": cmd_ablate,
+            "policy": cmd_policy, "plan": cmd_plan, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
+            "codec-report": cmd_codec_report}
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -133,7 +133,9 @@ class ModelConfig(Section):
         "auto", description="auto: bf16 on a GPU that supports it; fp16 inference and fp32 master weights for "
         "training on a GPU without bf16; fp32 on a CPU (models/precision.py decides for every stage)")
     quantization: Literal["none", "8bit", "4bit"] = Field(
-        "none", description="train a LoRA adapter on 8-bit or 4-bit weights (QLoRA; bitsandbytes, on a GPU)")
+        "none", description="rounds train their LoRA adapter on 8-bit or 4-bit weights (QLoRA: a GPU and pip install "
+        "'speechalign[qlora]'); the base model is never saved quantized, and each adapter is merged into the "
+        "unquantized policy in the inference dtype")
     max_shard_size: str = Field("5GB", description="saved policies are cut into safetensors shards of this size")
     layers: int = Field(3, ge=1, description="demo model: decoder layers")
     hidden_size: int = Field(192, ge=8, description="demo model: hidden size")
@@ -144,6 +146,10 @@ class ModelConfig(Section):
                                                      "base_model as it is")
     sft_learning_rate: float = Field(2e-3, gt=0, description="learning rate of that fine-tuning")
     sft_batch_size: int = Field(16, ge=1, description="batch size of that fine-tuning")
+    sft_method: Literal["full", "lora"] = Field(
+        "full", description="full: every weight trains (train.gradient_checkpointing for a large model); lora: a LoRA "
+        "adapter ([train] lora_r, lora_alpha, target_modules; the embeddings too where speech tokens were added), "
+        "merged into the base model after: how a 7B model is fine-tuned on one GPU")
 
 
 class GenerateConfig(Section):

@@ -58,7 +58,11 @@ def register(ctx: RoundContext, pairs: Pairs | None, trained: Trained, heldout: 
     log_gap_figure(ctx, c, run_id)
     log_audio_samples(cfg, store, c, run_id, rnd, "audio")
     log_rollouts(store, c, run_id, rnd)
-    version = registered_version(cfg, c, experiment, run_id, rnd, trained.policy)
+    version = registered_version(cfg, c, experiment, run_id, rnd, lineage(store, rnd, run_id),
+                                 ctx.campaign.base_model_path)
+    disk = round_disk_bytes(ctx, c, experiment, run_id)
+    if not c.get_metric_history(run_id, "disk/round_bytes"):
+        c.log_metric(run_id, "disk/round_bytes", disk, step=rnd.number)
     previous = store.round_number(ctx.campaign.id, rnd.number - 1)
     parent_ckpt = store.checkpoint(previous.id) if previous else None
     store.add_checkpoint({"round_id": rnd.id, "path": trained.policy, "mlflow_model_name": cfg.registered_model,
@@ -66,7 +70,22 @@ def register(ctx: RoundContext, pairs: Pairs | None, trained: Trained, heldout: 
                           "promoted": False, "parent_version": parent_ckpt.mlflow_version if parent_ckpt else None})
     c.set_terminated(run_id)
     c.set_terminated(parent)
-    return Registered(run_id=run_id, model=cfg.registered_model, version=str(version))
+    return Registered(run_id=run_id, model=cfg.registered_model, version=str(version), disk_bytes=disk)
+
+
+def round_disk_bytes(ctx: RoundContext, client, experiment: str, run_id: str) -> int:
+    """What the round keeps on disk: its folder (adapter, WAVs, figures) but its merged policy, which the work
+    directory keeps for the last round and the champion only, and its MLflow run's artifacts where they are files
+    here (an MLflow server's store is its own)."""
+    policy = ctx.layout.policy(ctx.number)
+    kept = sum(f.stat().st_size for f in ctx.layout.round_dir(ctx.number).rglob("*")
+               if f.is_file() and policy not in f.parents)
+    logged = mlflow.search_logged_models(experiment_ids=[experiment], output_format="list",
+                                         filter_string=f"source_run_id = '{run_id}'")
+    for uri in [client.get_run(run_id).info.artifact_uri, *(m.artifact_location for m in logged)]:
+        if uri.startswith("file://"):
+            kept += sum(f.stat().st_size for f in Path(uri.removeprefix("file://")).rglob("*") if f.is_file())
+    return kept
 
 
 @stage
@@ -148,8 +167,22 @@ def log_rollouts(store: PreferenceStore, client, run_id: str, rnd: Round) -> Non
         client.log_artifacts(run_id, tmp, "rollouts")
 
 
-def registered_version(cfg: Config, c, exp_id: str, run_id: str, rnd: Round, policy_dir: str) -> str:
-    """The round's model version: found by run id if it exists, else logged and registered now."""
+def lineage(store: PreferenceStore, rnd: Round, run_id: str) -> list[str]:
+    """The adapters a round's policy is made of, in order: every earlier round's of the campaign, then its own, as
+    the MLflow URIs of their runs' adapter artifacts."""
+    earlier = [r for r in store.rounds(rnd.campaign_id) if 0 < r.number < rnd.number]
+    missing = [r.number for r in earlier if not r.mlflow_run_id]
+    if missing:
+        raise RuntimeError(f"rounds {missing} of the campaign have no MLflow run: round {rnd.number}'s lineage "
+                           "needs their adapters; run `speechalign round` to finish them first")
+    return [f"runs:/{r.mlflow_run_id}/adapter" for r in earlier] + [f"runs:/{run_id}/adapter"]
+
+
+def registered_version(cfg: Config, c, exp_id: str, run_id: str, rnd: Round, adapters: list[str],
+                       base_model: str) -> str:
+    """The round's model version: found by run id if it exists, else logged and registered now. It holds no
+    weights: the base model's path and the adapters of its lineage, which the pyfunc loads and merges in order
+    (models/pyfunc.py); the round's run holds its adapter."""
     name = cfg.registered_model
     existing = c.search_model_versions(f"name='{name}' and run_id='{run_id}'")
     if existing:
@@ -160,13 +193,14 @@ def registered_version(cfg: Config, c, exp_id: str, run_id: str, rnd: Round, pol
         model_uri = logged[0].model_uri
     else:
         with mlflow.start_run(run_id=run_id):
-            model_uri = mlflow.pyfunc.log_model(name="policy", python_model=CodecLMModel(),
-                                                artifacts={"policy": policy_dir},
-                                                pip_requirements=PIP_REQUIREMENTS).model_uri
+            model_uri = mlflow.pyfunc.log_model(
+                name="policy", python_model=CodecLMModel(), pip_requirements=PIP_REQUIREMENTS,
+                model_config={"base_model": base_model, "adapters": adapters, "dtype": cfg.model.dtype}).model_uri
     parent_version = previous_version(c, name, rnd)
     fault_point("register", "mid")  # the model is logged to the run, not yet registered
     version = mlflow.register_model(model_uri, name, tags={
-        CAMPAIGN_TAG: cfg.campaign.name, ROUND_TAG: str(rnd.number), "parent_version": parent_version})
+        CAMPAIGN_TAG: cfg.campaign.name, ROUND_TAG: str(rnd.number), "parent_version": parent_version,
+        "base_model": base_model})
     return version.version
 
 

@@ -27,6 +27,7 @@ from speechalign.models.precision import Precision, decide_precision
 from speechalign.preference_store.store import PreferenceStore, open_store
 from speechalign.runtime.context import RoundContext
 from speechalign.runtime.host_lock import HostTrainingLock, device_name
+from speechalign.runtime.policies import merged_lineage
 from speechalign.runtime.results import Pairs, Trained
 from speechalign.runtime.stage import stage
 from speechalign.runtime.training_progress import TrainingProgress
@@ -151,7 +152,7 @@ def save_round_policy(cfg: Config, rnd, trainer, lm: CodecLM, precision: Precisi
     policy_dir, adapter_dir = cfg.layout.policy(rnd.number), cfg.layout.adapter(rnd.number)
     trainer.model.save_pretrained(adapter_dir)
     if cfg.model.quantization != "none":  # 8-/4-bit weights cannot take the adapter: merged into the input policy
-        merged = merge_adapter(rnd.policy_in, adapter_dir, precision).model
+        merged = merged_lineage(rnd.policy_in, [str(adapter_dir)], precision).model
     else:  # saved in the dtype it is served in (fp32 master weights train on a GPU without bf16)
         merged = trainer.model.merge_and_unload().to(precision.inference)
     metadata = {**lm.metadata, "parent": rnd.policy_in, "round": rnd.number}
@@ -160,15 +161,6 @@ def save_round_policy(cfg: Config, rnd, trainer, lm: CodecLM, precision: Precisi
     CodecLM(merged, lm.tokenizer, metadata).save(tmp, cfg.model.max_shard_size)
     shutil.rmtree(policy_dir, ignore_errors=True)
     tmp.rename(policy_dir)
-
-
-def merge_adapter(policy: str, adapter: str, precision: Precision) -> CodecLM:
-    """A round's policy again: its input policy, in the inference dtype, with its LoRA adapter merged in (PEFT)."""
-    from peft import PeftModel  # noqa: PLC0415
-
-    lm = load_codec_lm(policy, for_training=True, dtype=precision.inference)
-    lm.model = PeftModel.from_pretrained(lm.model, adapter).merge_and_unload()
-    return lm
 
 
 def campaign_base(cfg: Config, store: PreferenceStore, campaign_id: int) -> str:

@@ -39,6 +39,7 @@ from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.rewards import Reward
 from speechalign.runtime.context import RoundContext
+from speechalign.runtime.host_lock import HostTrainingLock
 from speechalign.runtime.results import Trained
 from speechalign.runtime.stage import stage
 from speechalign.runtime.training_progress import TrainingProgress
@@ -190,7 +191,8 @@ def train_online(ctx: RoundContext) -> Trained:
     trainer = GRPOTrainer(model=lm.model, reward_funcs=[scorer.component(n) for n in reward.weights], args=args,
                           train_dataset=dataset, processing_class=lm.tokenizer, peft_config=lora, callbacks=[progress])
     trainer.remove_callback(PrinterCallback)
-    output = trainer.train(resume_from_checkpoint=resume)
+    with HostTrainingLock(f"campaign {cfg.campaign.name} round {ctx.number} (online)"):
+        output = trainer.train(resume_from_checkpoint=resume)
     history = [{k: h[k] for k in ("step", *GRPO_METRICS, *(f"rewards/{n}/mean" for n in reward.weights)) if k in h}
                for h in trainer.state.log_history if "reward" in h]
     save_round_policy(cfg, ctx.round, trainer, lm, precision)

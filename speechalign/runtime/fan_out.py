@@ -1,16 +1,16 @@
 """Run a stage's batches: all in this process (scale.runner = "local"), or cut into shards that
 run as Prefect tasks on Dask workers (scale.runner = "dask", prefect-dask's DaskTaskRunner).
 
-A shard is a run of whole batches, so every batch is the same as in-process (same members, same
-seed): the results are the same whichever runner ran them. Each shard writes its rows to the store
+A shard is a run of whole batches, and every sample has its own seed: the results are the same whichever runner
+ran them. Each shard writes its rows to the store
 itself and is idempotent (a retried or resumed shard skips what is written), so a failed shard
 costs only its own unwritten batches; the stage then fails, and running the round again does the rest.
 
-The Dask runner lives for one stage only: a LocalCluster's workers load the policy and the metric
-models, and ending it with the stage frees that memory before training needs it. With
-scale.dask_address the stage connects to a running cluster instead (workers need speechalign
-installed, the store and work directory reachable at the same URL and paths, and PREFECT_API_URL
-set to the Prefect server the round reports to).
+On a machine with GPUs, each LocalCluster worker takes one (`worker_gpu`). The Dask runner lives for one stage
+only: a LocalCluster's workers load the policy and the metric models, and ending it with the stage frees that
+memory before training needs it. With scale.dask_address the stage connects to a running cluster instead
+(workers need speechalign installed, the store and work directory reachable at the same URL and paths, and
+PREFECT_API_URL set to the Prefect server the round reports to).
 """
 
 from __future__ import annotations
@@ -88,7 +88,23 @@ def shard(work: Work, cfg: Config, round_id: int, batches: list[list], args: tup
 
     threads = cfg.scale.torch_threads or max(1, (os.cpu_count() or 1) // max(1, cfg.scale.workers))
     torch.set_num_threads(threads)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(worker_gpu(torch.cuda.device_count()))
     return work(cfg, round_id, batches, *args)
+
+
+def worker_gpu(gpus: int) -> int:
+    """The GPU of this Dask worker: a LocalCluster numbers its workers 0..n-1, and worker i takes GPU i mod the count,
+    so N workers load N policies on N GPUs, not all on cuda:0. A worker of a cluster you run (scale.dask_address)
+    keeps the device its CUDA_VISIBLE_DEVICES gives it."""
+    from distributed import get_worker  # noqa: PLC0415
+
+    name = get_worker().name
+    if isinstance(name, int) or str(name).isdigit():
+        return int(name) % gpus
+    import torch  # noqa: PLC0415
+
+    return torch.cuda.current_device()
 
 
 def dask_runner(cfg: Config):

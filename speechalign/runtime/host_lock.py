@@ -1,4 +1,5 @@
-"""One training run per accelerator on a host at a time, across processes and campaigns.
+"""One run per accelerator on a host at a time, across processes and campaigns: training, and on a GPU every stage
+that loads the policy (speechalign/runtime/stage.py).
 
 The campaign's round lock (preference_store/round_lock.py) keeps two rounds of one campaign apart;
 this keeps two campaigns (or a served deployment and a hand-run round) from training on the same

@@ -1,6 +1,7 @@
 """The campaign's policies on disk: merged ones pruned, adapters kept, any round's policy merged again on demand.
 
-Each round writes its LoRA adapter (megabytes) and its merged policy (the whole model: 14 GB for 7B in bf16).
+Each round writes its LoRA adapter (megabytes; half a gigabyte at 7B when the embeddings train too) and its merged
+policy (the whole model: 14 GB for 7B in bf16).
 The next round needs only the last merged policy, and serving needs the champion's; with
 campaign.keep_policies = "last_and_champion" (the default) every other round's merged policy is deleted when
 a round completes. Nothing is lost: round r's policy is round r-1's with round r's adapter merged in (that is
@@ -14,8 +15,8 @@ import shutil
 from pathlib import Path
 
 from speechalign.config import Config
-from speechalign.models.codec_lm import is_saved_policy
-from speechalign.models.precision import decide_precision
+from speechalign.models.codec_lm import CodecLM, is_saved_policy, load_codec_lm
+from speechalign.models.precision import Precision, decide_precision
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore
 
@@ -43,23 +44,31 @@ def prune_policies(cfg: Config, store: PreferenceStore, campaign: Campaign) -> l
     return deleted
 
 
+def merged_lineage(start: str, adapters: list[str], precision: Precision) -> CodecLM:
+    """A policy made again: `start` (the base model, or a kept merged policy) in the inference dtype, with each LoRA
+    adapter of `adapters` merged in turn, as the rounds that trained them merged them (PEFT)."""
+    from peft import PeftModel  # noqa: PLC0415 - the training stack
+
+    lm = load_codec_lm(start, for_training=True, dtype=precision.inference)
+    for adapter in adapters:
+        lm.model = PeftModel.from_pretrained(lm.model, adapter).merge_and_unload()
+    return lm
+
+
 def rebuild_policy(cfg: Config, store: PreferenceStore, campaign: Campaign, number: int, out: Path) -> Path:
     """Round `number`'s merged policy, written to `out`: the nearest kept policy at or before it, then each later
     round's adapter merged in turn."""
-    from speechalign.tasks.train import merge_adapter  # noqa: PLC0415 - loads the training stack
-
     rounds = {r.number: r for r in store.rounds(campaign.id)}
     if number not in rounds or rounds[number].status != "completed" or number < 1:
         raise ValueError(f"campaign {campaign.name} has no completed round {number}; its rounds: "
                          f"{', '.join(str(n) for n, r in rounds.items() if r.status == 'completed' and n > 0)}")
     start = next((n for n in range(number, 0, -1) if is_saved_policy(cfg.layout.policy(n))), 0)
     policy = str(cfg.layout.policy(start)) if start else campaign.base_model_path
-    lm = None
-    for n in range(start + 1, number + 1):
-        lm = merge_adapter(policy, str(cfg.layout.adapter(n)), decide_precision(cfg.model.dtype))
-        lm.metadata.update(parent=policy, round=n)
-        lm.save(out, cfg.model.max_shard_size)
-        policy = str(out)
-    if lm is None:  # the round's own policy is still there
+    if start == number:  # the round's own policy is still there
         shutil.copytree(policy, out, dirs_exist_ok=True)
+        return out
+    adapters = [str(cfg.layout.adapter(n)) for n in range(start + 1, number + 1)]
+    lm = merged_lineage(policy, adapters, decide_precision(cfg.model.dtype))
+    lm.metadata.update(parent=str(cfg.layout.policy(number - 1)), round=number)
+    lm.save(out, cfg.model.max_shard_size)
     return out

@@ -79,8 +79,26 @@ def check_metric_models(cfg: Config) -> None:
             raise PreflightError(f"metric {name}: {exc}") from exc
 
 
+def check_quantization(cfg: Config) -> None:
+    """QLoRA (model.quantization) trains on bitsandbytes' 8-/4-bit weights: a GPU and the qlora extra."""
+    if cfg.model.quantization == "none":
+        return
+    import importlib.util  # noqa: PLC0415
+
+    import torch  # noqa: PLC0415
+
+    if not torch.cuda.is_available():
+        raise PreflightError(f"model.quantization = {cfg.model.quantization!r} needs a GPU (bitsandbytes' kernels); "
+                             "on this machine set model.quantization = \"none\"")
+    if importlib.util.find_spec("bitsandbytes") is None:
+        raise PreflightError(f"model.quantization = {cfg.model.quantization!r} needs bitsandbytes: "
+                             "pip install 'speechalign[qlora]'")
+
+
 def prepare(cfg: Config, mlflow_too: bool = True) -> None:
-    """Reach the store (and MLflow), and bring the store's schema to the newest migration."""
+    """Reach the store (and MLflow), bring the store's schema to the newest migration, and check that the machine
+    can do what the config asks (QLoRA)."""
+    check_quantization(cfg)
     url = cfg.store_url
     if url.startswith("sqlite:///"):
         Path(url.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)

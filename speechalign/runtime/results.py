@@ -167,6 +167,7 @@ class Registered:
     run_id: str
     model: str
     version: str
+    disk_bytes: int = figure(default=0)  # what the round keeps on disk but its merged policy (tasks/register.py)
 
 
 @dataclass(frozen=True)
