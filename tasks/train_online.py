@@ -66,7 +66,8 @@ class RolloutScorer:
         self.cfg, self.ctx, self.lm, self.prompts, self.reward = cfg, ctx, lm, prompts, reward
         self.rollouts_per_step = rollouts_per_step
         self.metrics = plugins_for(reward.values)
-        self.synth = synthesizer(cfg)
+        self.listens = any(get_metric(name, cfg.score).needs_audio for name in self.metrics)
+        self.synth = synthesizer(cfg) if self.listens else None
         self._key: tuple | None = None
         self._components: dict[str, list[float]] = {}
         self.seconds = {"decode": 0.0, "score": 0.0}
@@ -97,7 +98,7 @@ class RolloutScorer:
         # a degenerate rollout's reward is 0 whatever it sounds like: it is neither decoded nor scored
         heard = [i for i, ((units, finished), gold) in enumerate(zip(generated, golden))
                  if not self.reward.degenerate(len(units), len(gold), finished)]
-        wavs = self.decode(step, prompt_ids, generated, heard)
+        wavs = self.decode(step, prompt_ids, generated, heard) if self.listens else {}  # units alone: no audio
         decoded = time.monotonic()
         values = self.values(prompt_ids, generated, golden, heard, wavs)
         scored = time.monotonic()
