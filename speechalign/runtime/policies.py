@@ -14,7 +14,7 @@ import shutil
 from pathlib import Path
 
 from speechalign.config import Config
-from speechalign.models.codec_lm import is_saved_policy
+from speechalign.models.codec_lm import is_saved_policy, lineage_after
 from speechalign.models.precision import decide_precision
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore
@@ -56,8 +56,9 @@ def rebuild_policy(cfg: Config, store: PreferenceStore, campaign: Campaign, numb
     policy = str(cfg.layout.policy(start)) if start else campaign.base_model_path
     lm = None
     for n in range(start + 1, number + 1):
-        lm = merge_adapter(policy, str(cfg.layout.adapter(n)), decide_precision(cfg.model.dtype))
-        lm.metadata.update(parent=policy, round=n)
+        adapter = str(cfg.layout.adapter(n))
+        lm = merge_adapter(policy, adapter, decide_precision(cfg.model.dtype))
+        lm.metadata.update(parent=policy, round=n, lineage=lineage_after(policy, lm.metadata, adapter))
         lm.save(out, cfg.model.max_shard_size)
         policy = str(out)
     if lm is None:  # the round's own policy is still there
