@@ -4,7 +4,7 @@ VENV ?= .venv
 ROUNDS ?= 3
 WORKERS ?= auto
 
-.PHONY: demo test test-fast lint install
+.PHONY: demo test test-fast lint install vllm-env
 
 $(VENV)/.installed: pyproject.toml constraints.txt scripts/install.sh
 	scripts/install.sh $(VENV)
@@ -15,6 +15,14 @@ $(VENV)/.installed-dev: $(VENV)/.installed
 	touch $@
 
 install: $(VENV)/.installed
+
+# the vLLM generation backend's own environment (generate.backend = "vllm", `speechalign vllm-serve`); the test
+# that serves a model with it runs when it is there (CI makes it), and is skipped when not
+vllm-env: .venv-vllm/.installed
+
+.venv-vllm/.installed: scripts/install.sh
+	scripts/install.sh .venv-vllm vllm
+	touch $@
 
 demo: $(VENV)/.installed
 	$(VENV)/bin/speechalign demo --workdir speechalign-demo --rounds $(ROUNDS)

@@ -282,6 +282,30 @@ def load_codec_lm(path: Path, for_training: bool = False, precision: Precision |
     return lm
 
 
+def load_tokenizer_only(path: Path | str) -> CodecLM:
+    """A policy's tokenizer and metadata without its weights (`model` is None): for a generation backend that runs
+    the model elsewhere (models/vllm_backend.py) and only writes prompts and reads units."""
+    path = Path(path)
+    if not is_saved_policy(path):
+        raise FileNotFoundError(f"{path} is not a speechalign policy directory (no {METADATA_FILE}); "
+                                "run `speechalign bootstrap` to make the base model")
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    lm = CodecLM(model=None, tokenizer=tokenizer, metadata=json.loads((path / METADATA_FILE).read_text()))
+    check_units_survive(tokenizer, lm.codebook_size, lm.format)
+    return lm
+
+
+def lineage_after(parent: str, parent_metadata: dict, adapter: str) -> dict | None:
+    """What a policy made by merging `adapter` into the policy `parent` is: {"base": the model the chain starts
+    from, "adapters": every adapter merged since, in order}, so a server can run it as its base model with the
+    adapters (models/vllm_backend.py) instead of its merged weights. None when the parent is a merged policy that
+    does not record its own (saved before lineages were)."""
+    if "parent" not in parent_metadata:  # a base model: bootstrap's, or a user's
+        return {"base": str(parent), "adapters": [str(adapter)]}
+    before = parent_metadata.get("lineage")
+    return {"base": before["base"], "adapters": [*before["adapters"], str(adapter)]} if before else None
+
+
 _IN_MEMORY: dict[tuple[str, int], CodecLM] = {}
 
 

@@ -8,6 +8,8 @@ A sample depends on its prompt, its seed and the sampling settings only: not on 
 place there, or on the engine's own batching. Only speech units and the stop tokens can be generated.
 
     hf      transformers in this process (models/sampling.py: per-sample seeds by the Gumbel-max trick)
+    vllm    a vLLM server over HTTP, one request per sample with its seed (models/vllm_backend.py); the policy's
+            tokenizer is loaded here, its weights only in the server
 """
 
 from __future__ import annotations
@@ -37,4 +39,9 @@ class HfGenerator:
 
 
 def generator_for(cfg: Config, policy: str) -> Generator:
+    """The configured backend's generator for `policy` (generate.backend)."""
+    if cfg.generate.backend == "vllm":
+        from speechalign.models.vllm_backend import VllmServer  # noqa: PLC0415 - httpx and the server's routes
+
+        return VllmServer(cfg, policy)
     return HfGenerator(cfg, policy)

@@ -13,6 +13,7 @@
     speechalign config [--workdir W] [--defaults]   print the effective config (every knob, described)
     speechalign train-codec --manifest M --out DIR [--from DIR --decoder-steps N]
     speechalign codec-report --workdir W [--card MODEL_CARD.md]   codec audio quality on held-out audio
+    speechalign vllm-serve --workdir W      the vLLM server generate.backend = "vllm" generates with
 
 Every command takes --config FILE and --set section.key=value.
 """
@@ -99,6 +100,9 @@ def parser() -> argparse.ArgumentParser:
                                     "budget against the longest utterance, before a round and without the weights")
     _common(p)
     p.add_argument("--json", action="store_true", help="print JSON for machines")
+    p = sub.add_parser("vllm-serve", help="run the vLLM server of a work directory (generate.backend = \"vllm\"): "
+                                          "its current policy, then the policy each stage generates with")
+    _common(p)
     p = sub.add_parser("db", help="preference store schema")
     dbsub = p.add_subparsers(dest="db_command", required=True)
     up = dbsub.add_parser("upgrade", help="run Alembic migrations to head")
@@ -372,6 +376,16 @@ def cmd_policy(args) -> int:
     return 0
 
 
+def cmd_vllm_serve(args) -> int:
+    _require_workdir(args)
+    cfg = _config(args)
+    _prepare(cfg, mlflow_too=False)
+    from speechalign.runtime.vllm_server import serve
+
+    serve(cfg)
+    return 0
+
+
 def cmd_db(args) -> int:
     from speechalign.preference_store import migrate
     from speechalign.preference_store.store import check_reachable
@@ -468,7 +482,8 @@ def _print_report(cfg, form: str = "text") -> None:
 
 COMMANDS = {"demo": cmd_demo, "bootstrap": cmd_bootstrap, "round": cmd_round, "campaign": cmd_campaign,
             "serve": cmd_serve, "report": cmd_report, "listen": cmd_listen, "ablate": cmd_ablate,
-            "policy": cmd_policy, "plan": cmd_plan, "db": cmd_db, "config": cmd_config, "train-codec": cmd_train_codec,
+            "policy": cmd_policy, "plan": cmd_plan, "vllm-serve": cmd_vllm_serve, "db": cmd_db, "config": cmd_config,
+            "train-codec": cmd_train_codec,
             "codec-report": cmd_codec_report}
 
 if __name__ == "__main__":

@@ -159,9 +159,46 @@ class GenerateConfig(Section):
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
     top_p: float = Field(1.0, gt=0, le=1, description="1.0: no nucleus cut")
     max_new_tokens: int = Field(250, ge=1, description="longest sequence of units")
-    batch_size: int = Field(64, ge=1, description="sequences per generation call (samples do not depend on it)")
+    batch_size: int = Field(64, ge=1, description="sequences per generation call (samples do not depend on it); "
+                                                  "vllm: a call's requests are sent together, vllm_concurrency at a "
+                                                  "time, so a larger batch keeps the server busier")
     seed: int = Field(1234, description="seed of the candidates (each sample's seed derives from it, the round, its "
                                         "prompt and its index)")
+    backend: Literal["hf", "vllm"] = Field(
+        "hf", description="the engine every sample is drawn with (candidates, held-out, probe and test samples): hf: "
+        "transformers in the round's process; vllm: a vLLM server (OpenAI-compatible HTTP API, one request per sample "
+        "with its seed) in its own environment, started by `speechalign vllm-serve --workdir W` "
+        "(models/vllm_backend.py). A sample depends on its seed in both, but the two engines draw different samples "
+        "from one seed: campaigns compare prompt by prompt only within one backend")
+    vllm_url: str = Field("http://127.0.0.1:8100", description="vllm: the server's address; `speechalign vllm-serve` "
+                                                              "listens on its host and port")
+    vllm_policy_switch: Literal["restart", "lora"] = Field(
+        "restart", description="vllm: how the server moves to the policy a stage generates with (once a round). "
+        "restart: vllm-serve restarts it on the policy's merged weights (30-70 s on a 2-core CPU); lora: it serves "
+        "the campaign's base model with LoRA enabled and loads the policy as one adapter, every round's adapter up "
+        "to it stacked (2 s), but vLLM then computes every request's LoRA at vllm_max_lora_rank. A demo round's "
+        "generation on a CPU took 41 s with lora at rank 16 (one round's adapter), 118 s at 64 (up to four "
+        "rounds'), 54 s with restart, its start included (benchmarks/vllm_policy_switch.py). A policy lora cannot "
+        "serve (adapters with modules_to_save, DoRA, a stack above vllm_max_lora_rank, policies saved before they "
+        "recorded their adapters) is served by restart")
+    vllm_max_lora_rank: Literal[8, 16, 32, 64, 128, 256, 320, 512] = Field(
+        64, description="vllm, lora: the server's --max-lora-rank, the largest stack it loads (round r's policy is "
+                        "a stack of rank r x train.lora_r). vLLM computes every adapter at this rank")
+    vllm_concurrency: int = Field(64, ge=1, le=1024, description="vllm: requests in flight at once from one process "
+                                                                  "(at most generate.batch_size: a batch at a time)")
+    vllm_timeout_s: float = Field(600.0, gt=0, description="vllm: longest wait for one request, and for a "
+                                                           "restarted server to answer")
+    vllm_python: str = Field(".venv-vllm/bin/python", description="vllm-serve: the Python of the vLLM environment "
+                                                                  "(`scripts/install.sh .venv-vllm vllm`); relative "
+                                                                  "to the current directory, else to the checkout")
+    vllm_kv_cache_gib: int = Field(2, ge=1, description="vllm-serve on a CPU: GiB of KV cache "
+                                                            "(VLLM_CPU_KVCACHE_SPACE); unset, vLLM takes most of "
+                                                            "the memory")
+    vllm_max_model_len: int = Field(0, ge=0, description="vllm-serve: longest prompt + completion in tokens; 0: the "
+                                                         "model's own (max_position_embeddings)")
+    vllm_args: list[str] = Field([], description="vllm-serve: more arguments for vLLM's server, e.g. "
+                                                 "[\"--max-num-seqs=512\"], or [\"--tensor-parallel-size=2\"] on "
+                                                 "two GPUs")
 
 
 class ScoreConfig(Section):
@@ -435,7 +472,8 @@ def evaluation_setup(config: dict) -> dict[str, Any]:
              for key, value in (config.get(section) or {}).items()}
     drawn = config.get("generate") or {}
     return setup | {f"generate.{key}": drawn.get(key)  # not batch_size: a sample does not depend on its batch
-                    for key in ("temperature", "top_k", "top_p", "max_new_tokens")}
+                    for key in ("temperature", "top_k", "top_p", "max_new_tokens")} | {
+        "generate.backend": drawn.get("backend", "hf")}  # one seed, two engines, two samples
 
 
 def setup_differences(setup: dict[str, Any], other: dict[str, Any]) -> list[str]:

@@ -8,6 +8,8 @@
       campaigns/<campaign>/round-NNN/
         audio/<kind>/p<prompt>_<utterance>_k<k>.wav
         adapter/  policy/  dpo/  dpo-launch/
+      vllm/                           generate.backend = "vllm": vllm-serve's state, its server's log, the adapters
+                                      it serves (stacks of rounds' adapters; deletable while no round runs)
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class Layout:
     @property
     def sft_run(self) -> Path:
         return self.workdir / "models" / "sft"
+
+    @property
+    def vllm_dir(self) -> Path:
+        return self.workdir / "vllm"
 
     @property
     def campaign_dir(self) -> Path:

@@ -22,7 +22,7 @@ from transformers import PrinterCallback
 from trl import DPOConfig, DPOTrainer
 
 from speechalign.config import Config
-from speechalign.models.codec_lm import CodecLM, load_codec_lm, load_options, release_policies
+from speechalign.models.codec_lm import CodecLM, lineage_after, load_codec_lm, load_options, release_policies
 from speechalign.models.precision import Precision, decide_precision
 from speechalign.preference_store.store import PreferenceStore, open_store
 from speechalign.runtime.context import RoundContext
@@ -155,7 +155,8 @@ def save_round_policy(cfg: Config, rnd, trainer, lm: CodecLM, precision: Precisi
         merged = merged_lineage(rnd.policy_in, [str(adapter_dir)], precision).model
     else:  # saved in the dtype it is served in (fp32 master weights train on a GPU without bf16)
         merged = trainer.model.merge_and_unload().to(precision.inference)
-    metadata = {**lm.metadata, "parent": rnd.policy_in, "round": rnd.number}
+    metadata = {**lm.metadata, "parent": rnd.policy_in, "round": rnd.number,
+                "lineage": lineage_after(rnd.policy_in, lm.metadata, str(adapter_dir))}
     tmp = policy_dir.with_name("policy.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     CodecLM(merged, lm.tokenizer, metadata).save(tmp, cfg.model.max_shard_size)

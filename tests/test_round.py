@@ -229,6 +229,10 @@ def test_a_campaign_the_guard_stopped_refuses_new_rounds(bootstrapped, capsys):
     assert [r.number for r in store.rounds(campaign.id)] == [0, 1]  # nothing started
 
 
+def store_base(cfg) -> str:
+    return open_store(cfg.store_url).campaign(cfg.campaign.name).base_model_path
+
+
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_old_merged_policies_are_pruned_and_merged_again_on_demand(bootstrapped, tmp_path):
     import shutil
@@ -246,6 +250,9 @@ def test_old_merged_policies_are_pruned_and_merged_again_on_demand(bootstrapped,
     made, again = load_codec_lm(tmp_path / "round-1-policy"), load_codec_lm(tmp_path / "again")
     for (name, a), (_, b) in zip(made.model.state_dict().items(), again.model.state_dict().items()):
         assert torch.allclose(a, b, atol=1e-6), name  # base + round 1's adapter: the policy round 1 made
+    # both say what they are made of (a vLLM server can run them as the base model and that adapter)
+    assert again.metadata["lineage"] == made.metadata["lineage"] == {
+        "base": store_base(cfg), "adapters": [str(cfg.layout.adapter(1))]}
     assert main(["policy", "--workdir", str(cfg.workdir), "--round", "5", "--out", str(tmp_path / "x")]) == 2
 
 

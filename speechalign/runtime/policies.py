@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 from speechalign.config import Config
-from speechalign.models.codec_lm import CodecLM, is_saved_policy, load_codec_lm
+from speechalign.models.codec_lm import CodecLM, is_saved_policy, lineage_after, load_codec_lm
 from speechalign.models.precision import Precision, decide_precision
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import PreferenceStore
@@ -69,6 +69,10 @@ def rebuild_policy(cfg: Config, store: PreferenceStore, campaign: Campaign, numb
         return out
     adapters = [str(cfg.layout.adapter(n)) for n in range(start + 1, number + 1)]
     lm = merged_lineage(policy, adapters, decide_precision(cfg.model.dtype))
-    lm.metadata.update(parent=str(cfg.layout.policy(number - 1)), round=number)
+    parent, lineage = policy, lm.metadata
+    for adapter in adapters:  # the lineage each round recorded: the base model and the adapters merged since
+        lineage = {"parent": parent, "lineage": lineage_after(parent, lineage, adapter)}
+        parent = adapter
+    lm.metadata.update(parent=str(cfg.layout.policy(number - 1)), round=number, lineage=lineage["lineage"])
     lm.save(out, cfg.model.max_shard_size)
     return out
