@@ -6,6 +6,11 @@ transformers draws every row of a batch from one random stream, so sampling here
 each step, each row's logits get the temperature, top-k and top-p cuts, then Gumbel noise from the row's own
 generator (seeded by the sample's seed), and the greedy pick of noisy logits is an exact draw from the cut
 distribution (the Gumbel-max trick). Prompts are left-padded; only units and the stop tokens can be produced.
+
+A model whose units interleave k codebooks (its metadata's "frame", models/codecs `Flattening`) is held to the frame's
+order by `FrameOrder`: at the i-th generated position only codebook (i mod k)'s units can be produced, and a stop token
+only where a frame is complete, so every finished sample decodes. (A sample that hits max_new_tokens mid-frame is
+trimmed to whole frames when it is decoded.)
 """
 
 from __future__ import annotations
@@ -60,6 +65,33 @@ class PerSampleSampler(LogitsProcessor):
         return scores + gumbel
 
 
+class FrameOrder(LogitsProcessor):
+    """Only codebook (position mod k)'s units at each generated position, stop tokens only between frames."""
+
+    def __init__(self, lm: CodecLM, prompt_length: int, device: torch.device):
+        frame = lm.metadata["frame"]
+        self.k, size = int(frame["codebooks"]), int(frame["codebook_size"])
+        self.start = prompt_length
+        unit_ids = torch.tensor(lm.unit_ids(), device=device)
+        self.allowed = []
+        for c in range(self.k):
+            ids = unit_ids[c * size:(c + 1) * size]
+            if c == 0:
+                ids = torch.cat([ids, torch.tensor(lm.stop_ids(), device=device)])
+            self.allowed.append(ids)
+
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+        position = input_ids.shape[1] - self.start  # prompts are left-padded: every row is at the same position
+        mask = torch.full_like(scores, float("-inf"))
+        mask[:, self.allowed[position % self.k]] = 0.0
+        return scores + mask
+
+
+def frame_processors(lm: CodecLM, prompt_length: int, device: torch.device) -> list[LogitsProcessor]:
+    """[FrameOrder] for a model that speaks several interleaved codebooks, else nothing."""
+    return [FrameOrder(lm, prompt_length, device)] if int(lm.metadata.get("frame", {}).get("codebooks", 1)) > 1 else []
+
+
 @torch.inference_mode()
 def generate_units(lm: CodecLM, prompts: list[str], sampling: Sampling, seeds: list[int]) -> list[Generated]:
     """One batch: a sequence of units per prompt, the i-th drawn with `seeds[i]` (greedy: seeds are not used)."""
@@ -77,7 +109,8 @@ def generate_units(lm: CodecLM, prompts: list[str], sampling: Sampling, seeds: l
     config = GenerationConfig(
         do_sample=False, max_new_tokens=sampling.max_new_tokens, use_cache=True, **static,
         eos_token_id=lm.stop_ids(), pad_token_id=tokenizer.pad_token_id, suppress_tokens=lm.non_speech_ids())
-    processors = LogitsProcessorList([PerSampleSampler(seeds, sampling, model.device)] if sampling.do_sample else [])
+    processors = LogitsProcessorList(frame_processors(lm, enc["input_ids"].shape[1], model.device) +
+                                     ([PerSampleSampler(seeds, sampling, model.device)] if sampling.do_sample else []))
     was_training = model.training
     model.eval()
     out = model.generate(**enc, generation_config=config, logits_processor=processors)
