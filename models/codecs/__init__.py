@@ -114,6 +114,9 @@ class Codec(Protocol):
 
     def encode(self, wavs: list[np.ndarray], batch_size: int = 16, on_batch=None) -> list[np.ndarray]: ...
 
+    def synthesize(self, units: list[list[int]], speakers: list[str | None],
+                   batch_size: int = 16) -> list[np.ndarray]: ...
+
     def synthesize_each(self, units: list[list[int]], speakers: list[str | None],
                         batch_size: int = 16) -> list[np.ndarray | Exception]: ...
 

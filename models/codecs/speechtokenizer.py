@@ -37,6 +37,9 @@ class SpeechTokenizerCodec:
     def encode(self, wavs: list[np.ndarray], batch_size: int = 16, on_batch=None) -> list[np.ndarray]:
         return st.encode(self.model, wavs, batch_size, on_batch)
 
+    def synthesize(self, units: list[list[int]], speakers: list[str | None], batch_size: int = 16) -> list[np.ndarray]:
+        return self.synthesizer.synthesize(units, speakers, batch_size)
+
     def synthesize_each(self, units: list[list[int]], speakers: list[str | None],
                         batch_size: int = 16) -> list[np.ndarray | Exception]:
         return self.synthesizer.synthesize_each(units, speakers, batch_size)
