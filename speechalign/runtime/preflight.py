@@ -79,6 +79,16 @@ def check_metric_models(cfg: Config) -> None:
             raise PreflightError(f"metric {name}: {exc}") from exc
 
 
+def check_codec(cfg: Config) -> None:
+    """The codec's config is there and fits codec.kind and codec.codebooks (its config file alone: seconds)."""
+    from speechalign.models.codecs import codec_flattening  # noqa: PLC0415
+
+    try:
+        codec_flattening(cfg.codec)
+    except (OSError, ValueError) as exc:
+        raise PreflightError(f"codec: {exc}") from exc
+
+
 def prepare(cfg: Config, mlflow_too: bool = True) -> None:
     """Reach the store (and MLflow), and bring the store's schema to the newest migration."""
     url = cfg.store_url
@@ -91,6 +101,7 @@ def prepare(cfg: Config, mlflow_too: bool = True) -> None:
     if mlflow_too:
         check_mlflow(cfg.tracking_uri)
         check_metric_models(cfg)
+        check_codec(cfg)
     if cfg.store.auto_migrate:
         migrate.upgrade(url)
     elif migrate.current_revision(url) != migrate.head_revision(url):
