@@ -23,6 +23,7 @@ from types import SimpleNamespace
 from speechalign.config import load_config
 from speechalign.flows.common import ensure_campaign
 from speechalign.models.codec_lm import load_codec_lm
+from speechalign.models.codecs import codec_flattening, golden_units
 from speechalign.models.metrics import ScoreItem, get_metric, plugins_for
 from speechalign.models.sampling import generate_units
 from speechalign.preference_store.store import open_store
@@ -43,7 +44,9 @@ def per_value(cfg, lm, prompts, rows, reward: Reward, folder: Path) -> float:
                 for i, (p, (units, _)) in enumerate(zip(prompts, rows))]
         write_wavs(synth, jobs, cfg.codec.decode_batch_size)
         metric = get_metric(plugins_for([value])[0], cfg.score)
-        items = [ScoreItem(units, p.golden_tokens[0], p.text, str(j.path), p.golden_audio_path, p.speaker)
+        flattening = codec_flattening(cfg.codec)
+        items = [ScoreItem(units, golden_units(p.golden_tokens, flattening), p.text, str(j.path), p.golden_audio_path,
+                           p.speaker)
                  for p, (units, _), j in zip(prompts, rows, jobs)]
         score_items(metric, items, [j.label for j in jobs])
     return time.monotonic() - started

@@ -20,6 +20,7 @@ import numpy as np
 
 from speechalign.bootstrap.shipped import SHIPPED, recipe_fingerprint, take_shipped
 from speechalign.config import Config
+from speechalign.models.codecs import uses_acoustic_stage
 from speechalign.models.speechtokenizer.acoustic import (
     CONFIG_NAME,
     AcousticConfig,
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 
 def train_acoustic_stage(cfg: Config) -> dict:
     out = cfg.layout.acoustic
-    if cfg.codec.acoustic != "model":
+    if cfg.codec.kind != "speechtokenizer":
+        return {"acoustic": None, "codec": cfg.codec.kind, "note": "a transformers codec decodes its units directly"}
+    if not uses_acoustic_stage(cfg.codec):
         return {"acoustic": cfg.codec.acoustic}
     if is_saved_acoustic(out):
         log.info("bootstrap: acoustic stage already in %s", out)

@@ -26,6 +26,7 @@ from speechalign.models.codec_lm import (
     mean_run,
     speech_format,
 )
+from speechalign.models.codecs import Flattening, codec_flattening, golden_units
 from speechalign.models.precision import decide_precision
 from speechalign.preference_store.schema import Prompt
 from speechalign.runtime.training_progress import TrainingProgress
@@ -34,11 +35,13 @@ from speechalign.tasks.train import embedding_module_names, lora_target_modules
 log = logging.getLogger(__name__)
 
 
-def initial_model(cfg: Config, codebook_size: int, speakers: list[str],
+def initial_model(cfg: Config, flattening: Flattening, speakers: list[str],
                   golden: list[list[int]]) -> CodecLM:
     """The user's model with the speech tokens it lacks, or the demo's built from scratch; its metadata also
-    holds the golden units' mean run length, which decoding a deduplicating model's units needs."""
+    holds the golden units' mean run length, which decoding a deduplicating model's units needs, and, for a codec
+    whose units interleave several codebooks, the flattening (generation keeps to its frames' order)."""
     m, fmt = cfg.model, speech_format(cfg.model)
+    codebook_size = flattening.units  # the LM's units: every codebook it speaks
     if m.base_model:
         # never quantized: the base model is saved, and rounds merge adapters into it (QLoRA is the rounds' choice)
         lm = load_user_model(m.base_model, codebook_size, speakers, fmt, dtype=decide_precision(m.dtype).training)
@@ -51,6 +54,8 @@ def initial_model(cfg: Config, codebook_size: int, speakers: list[str],
         lm = CodecLM(model, tokenizer, {"codebook_size": codebook_size, "speaker_in_prompt": m.speaker_in_prompt,
                                         "added_tokens": 0, "source": "demo", "format": asdict(fmt)})
     lm.metadata["mean_unit_run"] = mean_run(golden)
+    if flattening.codebooks > 1:
+        lm.metadata["frame"] = {"codebooks": flattening.codebooks, "codebook_size": flattening.codebook_size}
     return lm
 
 
@@ -58,9 +63,10 @@ def supervised_finetune(cfg: Config, lm: CodecLM, prompts: list[Prompt], out_dir
     """Fine-tuning on the golden units of the 'sft' split, in full or with a LoRA adapter merged after
     (model.sft_method); returns the training figures."""
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    m = cfg.model
+    m, flattening = cfg.model, codec_flattening(cfg.codec)
     data = Dataset.from_list([{"prompt": lm.prompt(p.text, p.speaker),
-                               "completion": lm.completion(p.golden_tokens[0])} for p in prompts])
+                               "completion": lm.completion(golden_units(p.golden_tokens, flattening))}
+                              for p in prompts])
     args = SFTConfig(
         output_dir=out_dir, num_train_epochs=m.sft_epochs, per_device_train_batch_size=m.sft_batch_size,
         learning_rate=m.sft_learning_rate, lr_scheduler_type="cosine", warmup_steps=10, logging_steps=10,

@@ -1,12 +1,13 @@
 """The ceiling: what the held-out figures would be if the policy spoke exactly like the corpus.
 
 Two rows, scored with the held-out metric plug-ins (score.metrics + score.heldout_metrics):
-    recording       each held-out recording as the codec hears it: at the codec's sample rate, its last frame
-                    zero-padded to a whole one (under 20 ms of silence; its golden tokens cover it). Every
-                    sample is whole frames long too, and DNSMOS scores whole-frame clips in a third of the
-                    time (models/metrics/dnsmos.py). Unit edit distance 0 by definition.
-    golden_tokens   its golden tokens through the same decoding path as every sample (acoustic stage +
-                    codec decoder): the best a policy whose units were the golden ones could sound
+    recording       each held-out recording as the codec hears it: at the codec's (input) sample rate, its last
+                    frame zero-padded to a whole one (less than one hop of silence, 20 ms for the demo codec; its
+                    golden tokens cover it). Every sample is whole frames long too, and DNSMOS scores whole-frame
+                    clips in a third of the time (models/metrics/dnsmos.py). Unit edit distance 0 by definition.
+    golden_tokens   its golden tokens through the same decoding path as every sample (SpeechTokenizer: acoustic
+                    stage + codec decoder; a transformers codec: its decoder, at its output rate): the best a
+                    policy whose units were the golden ones could sound
 
 Neither depends on a campaign or its model, only on the corpus, the codec, the acoustic stage and the
 scoring setup. So they are scored once per work directory and setup, and kept in the store's
@@ -27,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from speechalign.config import Config
+from speechalign.models.codecs import codec_flattening, decoding_path, golden_units, uses_acoustic_stage
 from speechalign.models.metrics import ScoreItem, get_metric, uses_policy, value_directions
 from speechalign.models.metrics.asr import read_audio
 from speechalign.preference_store.schema import Prompt
@@ -47,11 +49,13 @@ def scoring_fingerprint(cfg: Config) -> str:
     """sha256 of what the ceiling's values are made from besides the corpus: the plug-ins and their options,
     and the decoding path (codec and acoustic stage files, decoding batch size)."""
     options = cfg.score.model_dump(exclude={"metrics", "heldout_metrics", "candidates", "batch_size"})
-    digest = hashlib.sha256(json.dumps({"metrics": ceiling_metrics(cfg), "score": options, "recording": "frames",
-                                        "acoustic": cfg.codec.acoustic, "decode_batch": cfg.codec.decode_batch_size},
-                                       sort_keys=True, default=str).encode())
+    setup = {"metrics": ceiling_metrics(cfg), "score": options, "recording": "frames",
+             "acoustic": cfg.codec.acoustic, "decode_batch": cfg.codec.decode_batch_size}
+    if cfg.codec.kind != "speechtokenizer":  # (a SpeechTokenizer setup's fingerprint is what it always was)
+        setup |= {"codec": cfg.codec.kind, "codebooks": cfg.codec.codebooks}
+    digest = hashlib.sha256(json.dumps(setup, sort_keys=True, default=str).encode())
     files = list(cfg.codec.files())
-    if cfg.codec.acoustic == "model":
+    if uses_acoustic_stage(cfg.codec):
         files += sorted(p for p in Path(cfg.layout.acoustic).glob("*") if p.is_file())
     for path in files:
         digest.update(hashlib.sha256(Path(path).read_bytes()).digest())
@@ -63,6 +67,7 @@ def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, 
     prompts = store.prompts("heldout")
     scoring = scoring_fingerprint(cfg)
     audio = {"recording": recording_wavs(cfg, prompts), "golden_tokens": golden_wavs(cfg, prompts)}
+    flattening = codec_flattening(cfg.codec)
     for name in ceiling_metrics(cfg):
         outputs = value_directions([name]).keys()
         have = store.ceiling_scores(scoring)
@@ -75,7 +80,7 @@ def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, 
         with Progress(f"ceiling: {name} on {len(todo)} recordings and golden tokens", len(todo), "clip") as progress:
             for start in range(0, len(todo), size):
                 batch = todo[start:start + size]
-                results = score_items(metric, [item(p, audio[row][p.id]) for row, p in batch],
+                results = score_items(metric, [item(p, audio[row][p.id], flattening) for row, p in batch],
                                       [f"{row} of {p.utterance_id}" for row, p in batch])
                 store.add_ceiling_scores([{"prompt_id": p.id, "kind": row, "scoring": scoring, **value}
                                           for (row, p), result in zip(batch, results, strict=True)
@@ -85,13 +90,15 @@ def measure_ceiling(cfg: Config, store: PreferenceStore) -> dict[str, dict[str, 
     return {row: value_means(found.get((row, p.id), {}) for p in prompts) for row in ROWS}
 
 
-def item(prompt: Prompt, audio_path: str) -> ScoreItem:
-    return ScoreItem(tokens=prompt.golden_tokens[0], golden_tokens=prompt.golden_tokens[0], text=prompt.text,
+def item(prompt: Prompt, audio_path: str, flattening) -> ScoreItem:
+    units = golden_units(prompt.golden_tokens, flattening)
+    return ScoreItem(tokens=units, golden_tokens=units, text=prompt.text,
                      audio_path=audio_path, golden_audio_path=prompt.golden_audio_path, speaker=prompt.speaker)
 
 
 def recording_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
-    """The held-out recordings at the codec's rate, zero-padded to whole codec frames, under the corpus's
+    """The held-out recordings at the codec's (input) rate, zero-padded to whole codec frames of its hop, under the
+    corpus's
     ceiling/recording/ folder, named p<prompt id>_<recording's name> (written once). A recording that cannot
     be read keeps its own path: each plug-in then records the error, naming it."""
     folder = cfg.layout.corpus / "ceiling" / "recording"
@@ -102,7 +109,7 @@ def recording_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
         synth = synthesizer(cfg)
         for p in todo:
             try:
-                wav = read_audio(p.golden_audio_path, synth.sample_rate)
+                wav = read_audio(p.golden_audio_path, synth.sample_rate)  # what the codec encodes
             except (OSError, RuntimeError, ValueError) as error:  # soundfile's LibsndfileError is a RuntimeError
                 log.warning("ceiling: recording of %s not read: %s", p.utterance_id, error)
                 unread[p.id] = p.golden_audio_path
@@ -114,11 +121,13 @@ def recording_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
 def golden_wavs(cfg: Config, prompts: list[Prompt]) -> dict[int, str]:
     """The held-out golden tokens decoded, under the corpus's ceiling/ folder (decoded once; a prompt that fails
     to decode is logged and left out). The round's MLflow run plays them beside its samples."""
-    folder = cfg.layout.corpus / "ceiling" / cfg.codec.acoustic
+    folder = cfg.layout.corpus / "ceiling" / decoding_path(cfg.codec)
     path = {p.id: folder / f"p{p.id}_golden_tokens.wav" for p in prompts}
     todo = sorted((p for p in prompts if not path[p.id].is_file()), key=lambda p: (len(p.golden_tokens[0]), p.id))
     if todo:
-        jobs = [WavJob(p.golden_tokens[0], p.speaker, path[p.id], f"golden tokens of {p.utterance_id}") for p in todo]
+        flattening = codec_flattening(cfg.codec)
+        jobs = [WavJob(golden_units(p.golden_tokens, flattening), p.speaker, path[p.id],
+                       f"golden tokens of {p.utterance_id}") for p in todo]
         with Progress(f"ceiling: decode {len(todo)} golden token sequences", len(todo), "sample") as progress:
             write_wavs(synthesizer(cfg), jobs, cfg.codec.decode_batch_size, progress=progress)
     return {i: str(f) for i, f in path.items() if f.is_file()}

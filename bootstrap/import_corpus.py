@@ -17,7 +17,7 @@ import soundfile as sf
 
 from speechalign.layout import safe_name
 from speechalign.models.audio import resample
-from speechalign.models.speechtokenizer.codec import encode
+from speechalign.models.codecs import as_codec
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.runtime.progress import Progress
 
@@ -141,8 +141,11 @@ def assign_splits(utterance_ids: list[str], heldout_fraction: float, seed: int,
 def import_corpus(store: PreferenceStore, codec, manifest: Path, min_seconds: float, max_seconds: float,
                   heldout_fraction: float, split_seed: int, repaired_dir: Path, batch_size: int = 16,
                   sft_fraction: float = 0.0, split: str | None = None) -> dict:
-    """Import `manifest` into the store with golden tokens of every layer; return counts and problems. With `split`,
-    every new utterance goes to it (the "test" split of an ablation's final evaluation), not to the seeded ones."""
+    """Import `manifest` into the store with golden tokens of every codebook of `codec` (a codec plug-in, or a
+    SpeechTokenizer); return counts and problems. Recordings are read at the codec's sample rate (resampled and
+    recorded as a repair when they are at another). With `split`, every new utterance goes to it (the "test" split of
+    an ablation's final evaluation), not to the seeded ones."""
+    codec = as_codec(codec)
     manifest = manifest.resolve()
     rows, problems = read_manifest(manifest, codec.sample_rate, min_seconds, max_seconds, repaired_dir)
     known = store.known_utterances()
@@ -150,7 +153,7 @@ def import_corpus(store: PreferenceStore, codec, manifest: Path, min_seconds: fl
     splits = ({r.utterance_id: split for r in new} if split else
               assign_splits([r.utterance_id for r in new], heldout_fraction, split_seed, sft_fraction))
     with Progress(f"import: golden tokens of {len(new)} recordings", len(new), "recording") as progress:
-        codes = encode(codec, [r.audio for r in new], batch_size, on_batch=progress.advance)
+        codes = codec.encode([r.audio for r in new], batch_size, on_batch=progress.advance)
     store.add_prompts([
         {"utterance_id": r.utterance_id, "text": r.text, "speaker": r.speaker, "golden_audio_path": str(r.audio_path),
          "golden_tokens": c.tolist(), "num_frames": int(c.shape[1]), "duration_s": len(r.audio) / codec.sample_rate,

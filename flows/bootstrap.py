@@ -1,7 +1,8 @@
 """Bootstrap: everything a campaign starts from.
 
     demo corpus (unless a manifest is given) -> codec -> golden tokens -> held-out / sft / train split
-    -> acoustic stage (layer-1 units -> the latent the codec's decoder reads, for decoding to audio)
+    -> acoustic stage (SpeechTokenizer only: layer-1 units -> the latent the codec's decoder reads, for decoding to
+       audio; a transformers codec decodes its units directly)
     -> base model (SFT on the golden tokens of the 'sft' split, utterances alignment rounds never use)
     -> ceiling (the held-out recordings, and their golden tokens decoded, scored: bootstrap/ceiling.py)
 
@@ -27,8 +28,8 @@ from speechalign.bootstrap.shipped import SHIPPED, recipe_fingerprint, take_ship
 from speechalign.config import Config, save_config
 from speechalign.flows.common import load_flow_config
 from speechalign.models.codec_lm import METADATA_FILE, is_saved_policy
+from speechalign.models.codecs import codec_flattening, golden_units, open_codec
 from speechalign.models.precision import decide_precision
-from speechalign.models.speechtokenizer.codec import load_codec
 from speechalign.plan import check_token_budget
 from speechalign.preference_store.store import open_store
 
@@ -43,7 +44,7 @@ def demo_corpus(cfg: Config) -> str:
 
 @task(cache_policy=NO_CACHE)
 def import_manifest(cfg: Config, manifest: str) -> dict:
-    codec = load_codec(*cfg.codec.files())
+    codec = open_codec(cfg, acoustic=False)
     c = cfg.corpus
     return import_corpus(open_store(cfg.store_url), codec, Path(manifest), c.min_seconds, c.max_seconds,
                          c.heldout_fraction, c.split_seed, cfg.layout.repaired_audio, cfg.codec.encode_batch_size,
@@ -68,9 +69,9 @@ def base_model(cfg: Config) -> dict:
         if is_saved_policy(SHIPPED_BASE) else None
     if not cfg.model.base_model and take_shipped("base model", SHIPPED_BASE, shipped, fingerprint, out):
         return json.loads((out / METADATA_FILE).read_text())
-    codec = load_codec(*cfg.codec.files())  # only its codebook size: loaded when the model is made here
+    flattening = codec_flattening(cfg.codec)  # how many units the LM speaks, from the codec's config
     speakers = sorted({p.speaker for p in store.prompts() if p.speaker})
-    lm = initial_model(cfg, codec.quantizer.bins, speakers, [p.golden_tokens[0] for p in train])
+    lm = initial_model(cfg, flattening, speakers, [golden_units(p.golden_tokens, flattening) for p in train])
     lm.metadata["fingerprint"] = fingerprint
     if cfg.model.sft_epochs > 0:
         lm.metadata["sft"] = supervised_finetune(cfg, lm, train, str(cfg.layout.sft_run))

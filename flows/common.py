@@ -7,6 +7,7 @@ from pathlib import Path
 from speechalign.config import Config, load_config
 from speechalign.errors import SetupError
 from speechalign.models.codec_lm import is_saved_policy
+from speechalign.models.codecs import uses_acoustic_stage
 from speechalign.models.speechtokenizer.acoustic import is_saved_acoustic
 from speechalign.preference_store.schema import Campaign
 from speechalign.preference_store.store import open_store
@@ -20,7 +21,7 @@ def load_flow_config(workdir: str, config_file: str | None, overrides: list[str]
 
 def ensure_campaign(cfg: Config) -> Campaign:
     layout = cfg.layout
-    if cfg.codec.acoustic == "model" and not is_saved_acoustic(layout.acoustic):
+    if uses_acoustic_stage(cfg.codec) and not is_saved_acoustic(layout.acoustic):
         raise SetupError(f"no acoustic stage in {layout.acoustic} (rounds decode samples with it); run "
                          f"`speechalign bootstrap --workdir {cfg.workdir}` again, which makes only what is missing, "
                          "or --set codec.acoustic=layer1_only")

@@ -24,7 +24,7 @@ from speechalign.bootstrap.demo_corpus import build_demo_corpus
 from speechalign.bootstrap.import_corpus import import_corpus
 from speechalign.config import Config, ConfigError
 from speechalign.flows.common import load_flow_config
-from speechalign.models.speechtokenizer.codec import load_codec
+from speechalign.models.codecs import open_codec
 from speechalign.preference_store.schema import Prompt
 from speechalign.preference_store.store import PreferenceStore, open_store
 from speechalign.runtime.context import RoundContext, open_round
@@ -74,7 +74,7 @@ def test_prompts(cfg: Config, store: PreferenceStore, count: int, manifest: str 
             manifest = str(build_demo_corpus(cfg.layout.corpus / "test", count, d.voices, d.seed, d.speed,
                                              after=d.utterances, prefix="demo-test"))
         c = cfg.corpus
-        import_corpus(store, load_codec(*cfg.codec.files()), Path(manifest), c.min_seconds, c.max_seconds, 0.0,
+        import_corpus(store, open_codec(cfg, acoustic=False), Path(manifest), c.min_seconds, c.max_seconds, 0.0,
                       c.split_seed, cfg.layout.repaired_audio, cfg.codec.encode_batch_size, split=KIND)
         have = store.prompts(KIND)
     if len(have) < count:

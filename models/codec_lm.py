@@ -5,7 +5,10 @@ How speech is written is the model's `SpeechFormat`, kept in its metadata:
 - `speech_start` and `speech_end` around them (`<sosp>` ... `<eosp>`);
 - the prompt: `prompt_template` with {text}, {speaker} (a `<spk:NAME>` token, or nothing) and {speech_start},
   the demo's `{speaker}{text}{speech_start}`, SpeechGPT's `[Human]: {text}<eoh> [SpeechGPT]: {speech_start}`;
-  or "chat_template": the tokenizer's own chat template around the text, then speech_start;
+  or "chat_template": the tokenizer's own chat template around the text, then speech_start; or
+  "chat_template:<user message>", the user message a format string with {text} and {speaker} (Llasa's
+  "chat_template:Convert the text to speech:<|TEXT_UNDERSTANDING_START|>{text}<|TEXT_UNDERSTANDING_END|>");
+  {phonemes} in place of {text} writes the text as espeak-ng's IPA (NeuTTS reads phonemes, not letters);
 - `deduplicate`: runs of a repeated unit written once, for models trained on deduplicated units.
 The prompt is everything up to and including speech_start; the completion is the units and speech_end.
 
@@ -23,7 +26,7 @@ import os
 import re
 import string
 from dataclasses import asdict, dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from itertools import groupby
 from pathlib import Path
 
@@ -77,15 +80,25 @@ class SpeechFormat:
         return "".join(self.unit(u) for u in self.units(units)) + self.speech_end
 
     def prompt(self, text: str, speaker: str | None, tokenizer: PreTrainedTokenizerBase | None = None) -> str:
+        """The prompt for `text`. With a chat template, the user message is rendered by the tokenizer's template
+        with its generation prompt (the assistant's header), and speech_start follows: for Llama 3's template this
+        is what Llasa's `apply_chat_template(..., continue_final_message=True)` makes of an assistant message
+        holding speech_start."""
         spk = speaker_token(speaker) if speaker and self.speaker_in_prompt else ""
-        if self.prompt_template == CHAT_TEMPLATE:
+        template = self.prompt_template
+        fields = {"speaker": spk, "speech_start": self.speech_start, "text": text.strip()}
+        if "{phonemes}" in template:
+            fields["phonemes"] = phonemes(text.strip())
+        if template == CHAT_TEMPLATE or template.startswith(CHAT_TEMPLATE + ":"):
             if tokenizer is None or not getattr(tokenizer, "chat_template", None):
                 raise ValueError("model.prompt_template = \"chat_template\", but the tokenizer has no chat_template; "
                                  "write the prompt as a format string with {text} and {speech_start} instead")
-            chat = tokenizer.apply_chat_template([{"role": "user", "content": spk + text.strip()}], tokenize=False,
+            user = template.removeprefix(CHAT_TEMPLATE + ":").format(**fields) if template != CHAT_TEMPLATE \
+                else spk + fields["text"]
+            chat = tokenizer.apply_chat_template([{"role": "user", "content": user}], tokenize=False,
                                                  add_generation_prompt=True)
             return chat + self.speech_start
-        return self.prompt_template.format(text=text.strip(), speaker=spk, speech_start=self.speech_start)
+        return template.format(**fields)
 
     def speech_tokens(self, codebook_size: int, speakers: list[str] = ()) -> list[str]:
         """Every token the format needs in a vocabulary."""
@@ -94,6 +107,21 @@ class SpeechFormat:
 
 
 DEMO_FORMAT = SpeechFormat()
+
+
+@lru_cache(maxsize=65536)
+def phonemes(text: str, voice: str = "en-us") -> str:
+    """`text` as espeak-ng's IPA with stress marks, words separated by one space (the `{phonemes}` of a prompt
+    template). NeuTTS's own front end is the phonemizer package on the same espeak-ng (en-us, stress marks,
+    punctuation kept); espeak-ng's command line drops the punctuation, so a clause break is all that marks it."""
+    import shutil  # noqa: PLC0415
+    import subprocess  # noqa: PLC0415
+
+    if shutil.which("espeak-ng") is None:
+        raise RuntimeError("{phonemes} in model.prompt_template needs espeak-ng (Debian package espeak-ng)")
+    out = subprocess.run(["espeak-ng", "-q", "--ipa", "-v", voice, "--", text], check=True, capture_output=True,
+                         text=True).stdout
+    return " ".join(out.split())
 
 
 def speech_format(model_config) -> SpeechFormat:

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomlkit
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from speechalign.layout import Layout
 
@@ -89,21 +89,57 @@ class DemoConfig(Section):
 
 
 class CodecConfig(Section):
+    kind: Literal["speechtokenizer", "xcodec2", "neucodec", "mimi", "dac", "encodec"] = Field(
+        "speechtokenizer", description="the codec (models/codecs/): speechtokenizer (config_path and checkpoint_path; "
+        "its layer 1 is the LM's units, the acoustic stage adds the rest), or a transformers codec loaded from path: "
+        "xcodec2 (Llasa), neucodec (NeuTTS), mimi (CSM, Moshi), dac, encodec")
+    path: str = Field("", description="the transformers codec's directory (save_pretrained: config.json and weights) "
+                                      "for every kind but speechtokenizer")
+    codebooks: int = Field(1, ge=1, description="k: the LM speaks the codec's first k codebooks, interleaved frame "
+                                                "after frame, codebook c's codes shifted by c x codebook size (1 for "
+                                                "speechtokenizer, xcodec2 and neucodec)")
     config_path: str = Field("", description="SpeechTokenizer config.json; empty: the demo codec shipped in "
                                              "models/demo_codec")
     checkpoint_path: str = Field("", description="its checkpoint (.pt state dict or .safetensors)")
     encode_batch_size: int = Field(16, ge=1, description="recordings per codec encoding call at bootstrap")
     acoustic: Literal["model", "layer1_only"] = Field(
-        "model", description="model: an acoustic stage predicts, from layer 1, the latent all RVQ layers sum to "
-                             "(what the codec's decoder reads); layer1_only: decode layer 1 alone")
+        "model", description="speechtokenizer only (the other kinds decode their units directly): model: an acoustic "
+                             "stage predicts, from layer 1, the latent all RVQ layers sum to (what the codec's decoder "
+                             "reads); layer1_only: decode layer 1 alone")
     acoustic_steps: int = Field(2000, ge=1, description="training steps of the acoustic stage at bootstrap (on the "
                                                         "golden tokens of every utterance not held out)")
     acoustic_dim: int = Field(128, ge=8, description="acoustic stage: width of its Transformer")
     acoustic_layers: int = Field(3, ge=1, description="acoustic stage: Transformer layers")
     decode_batch_size: int = Field(16, ge=1, description="sequences per decoding call")
 
-    def files(self) -> tuple[Path, Path]:
-        """The codec's config.json and checkpoint: the configured ones, or the demo codec shipped in models/."""
+    @model_validator(mode="after")
+    def _kind_fits(self) -> CodecConfig:
+        if self.kind == "speechtokenizer":
+            if self.path:
+                raise ValueError("codec.path is for the transformers codecs; a SpeechTokenizer is given by "
+                                 "codec.config_path and codec.checkpoint_path")
+            if self.codebooks != 1:
+                raise ValueError("codec.codebooks = 1 for speechtokenizer: the LM speaks layer 1 and the acoustic "
+                                 "stage adds the other layers")
+            return self
+        if not self.path:
+            raise ValueError(f"codec.kind = {self.kind!r} needs codec.path: the codec's directory (save_pretrained)")
+        if self.config_path or self.checkpoint_path:
+            raise ValueError("codec.config_path and codec.checkpoint_path are SpeechTokenizer's; a transformers codec "
+                             "is given by codec.path")
+        if self.kind in ("xcodec2", "neucodec") and self.codebooks != 1:
+            raise ValueError(f"codec.codebooks = 1 for {self.kind}: it has one codebook (65,536 codes)")
+        return self
+
+    def files(self) -> tuple[Path, ...]:
+        """The codec's files: SpeechTokenizer's config.json and checkpoint (the configured ones, or the demo codec
+        shipped in models/), or a transformers codec's config.json and weights (its directory's files, config.json
+        first)."""
+        if self.kind != "speechtokenizer":
+            folder = Path(self.path)
+            rest = sorted(p for p in folder.glob("*") if p.is_file() and p.name != "config.json"
+                          and p.suffix in (".json", ".safetensors", ".bin"))
+            return (folder / "config.json", *rest)
         if self.config_path or self.checkpoint_path:
             return Path(self.config_path), Path(self.checkpoint_path)
         demo = Path(str(files("speechalign.models") / "demo_codec"))
@@ -122,8 +158,10 @@ class ModelConfig(Section):
     prompt_template: str = Field("{speaker}{text}{speech_start}",
                                  description="the prompt: {text}, {speaker} (a <spk:NAME> token, or nothing) and "
                                              "{speech_start}, e.g. \"[Human]: {text}<eoh> [SpeechGPT]: "
-                                             "{speech_start}\"; or \"chat_template\": the tokenizer's own chat "
-                                             "template around the text, then speech_start")
+                                             "{speech_start}\"; {phonemes}: the text as espeak-ng IPA (NeuTTS); or "
+                                             "\"chat_template\": the tokenizer's own chat template around the text, "
+                                             "then speech_start; or \"chat_template:<user message>\" with {text} "
+                                             "(Llasa: examples/llasa.toml)")
     deduplicate: bool = Field(False, description="the model reads and writes each run of a repeated unit once "
                                                  "(models trained on deduplicated units); decoding repeats each unit "
                                                  "for the corpus's mean run length")
@@ -414,6 +452,13 @@ class Config(Section):
     prefect: PrefectConfig = Field(default_factory=PrefectConfig)
     scale: ScaleConfig = Field(default_factory=ScaleConfig)
 
+    @model_validator(mode="after")
+    def _units_fit(self) -> Config:
+        if self.model.deduplicate and self.codec.codebooks > 1:
+            raise ValueError("model.deduplicate = true needs codec.codebooks = 1: runs of a repeated unit are a "
+                             "single codebook's; interleaved codebooks rarely repeat a unit")
+        return self
+
     # ---- what the knobs resolve to --------------------------------------------------------------
     @property
     def ranked_values(self) -> list[str]:
@@ -468,8 +513,9 @@ def evaluation_setup(config: dict) -> dict[str, Any]:
     """The knobs a campaign's held-out figures depend on besides its policy ("section.key": value): how held-out
     samples are drawn, decoded and scored. Two campaigns' figures compare prompt by prompt only when these match,
     and round 0 (the base model) is shared only between campaigns that match."""
+    defaults = Config().to_dict()  # a knob a campaign's stored config predates took its default then
     setup = {f"{section}.{key}": value for section in ("evaluate", "score", "codec", "corpus")
-             for key, value in (config.get(section) or {}).items()}
+             for key, value in {**defaults[section], **(config.get(section) or {})}.items()}
     drawn = config.get("generate") or {}
     return setup | {f"generate.{key}": drawn.get(key)  # not batch_size: a sample does not depend on its batch
                     for key in ("temperature", "top_k", "top_p", "max_new_tokens")} | {

@@ -28,6 +28,7 @@ from pathlib import Path
 
 from speechalign.config import Config
 from speechalign.errors import SetupError
+from speechalign.models.codecs import codec_flattening
 from speechalign.models.precision import decide_precision
 
 ACTIVATION_BYTES = 34  # per token, layer and hidden unit in 16-bit, no recomputation (Korthikanti et al. 2022)
@@ -112,14 +113,15 @@ class Corpus:
 
 def corpus_figures(cfg: Config, store=None) -> Corpus:
     prompts = store.prompts() if store is not None else []
+    k = codec_flattening(cfg.codec).codebooks  # units a frame: the LM speaks k codebooks interleaved
     if not prompts:
         sample_rate, frame_rate = CODEC_RATES
-        units = math.ceil(cfg.corpus.max_seconds * frame_rate)
+        units = math.ceil(cfg.corpus.max_seconds * frame_rate) * k
         return Corpus(f"an utterance of corpus.max_seconds = {cfg.corpus.max_seconds}", units, 200,
                       cfg.corpus.max_seconds / 2, False)
     tokens = prompt_tokens(cfg)
     longest = max(prompts, key=lambda p: (len(p.golden_tokens[0]), p.id))
-    return Corpus(longest.utterance_id, len(longest.golden_tokens[0]), max(tokens(p) for p in prompts),
+    return Corpus(longest.utterance_id, len(longest.golden_tokens[0]) * k, max(tokens(p) for p in prompts),
                   sum(p.duration_s for p in prompts) / len(prompts), True)
 
 

@@ -6,8 +6,10 @@
                         page decodes the few it plays when it draws them
     decode_heldout      the held-out and probe samples, always (every held-out metric and the listening page use them)
 
-Units -> acoustic stage -> codec decoder (models/speechtokenizer/synthesizer.py), batched by `write_wavs`, which the
-ceiling's golden tokens (bootstrap/ceiling.py) go through too.
+Units -> the codec plug-in (models/codecs/): for SpeechTokenizer the acoustic stage and the codec's decoder
+(models/speechtokenizer/synthesizer.py), for a transformers codec the units unflattened into codes and decoded; WAVs at
+the codec's output rate, batched by `write_wavs`, which the ceiling's golden tokens (bootstrap/ceiling.py) go through
+too.
 
 The WAV's path goes into the sample's `audio_path`; a resumed stage decodes only samples whose file is
 not there yet, and each file is written under a temporary name and renamed, so a killed stage never
@@ -23,17 +25,14 @@ import logging
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 
 import soundfile as sf
 
 from speechalign.config import Config
 from speechalign.models.codec_lm import METADATA_FILE, expand_runs
+from speechalign.models.codecs import Codec, open_codec
 from speechalign.models.metrics import needs_audio
-from speechalign.models.speechtokenizer.acoustic import load_acoustic
-from speechalign.models.speechtokenizer.codec import load_codec
-from speechalign.models.speechtokenizer.synthesizer import Synthesizer
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore
 from speechalign.runtime.context import RoundContext
@@ -82,7 +81,7 @@ def decode_samples(cfg: Config, store: PreferenceStore, number: int, sample_ids:
     def written(batch: dict[int, str]) -> None:
         nonlocal seconds
         store.set_audio_paths({samples[i].id: path for i, path in batch.items()})
-        seconds += sum(sf.info(p).frames for p in batch.values()) / synth.sample_rate
+        seconds += sum(sf.info(p).frames for p in batch.values()) / synth.output_sample_rate
         fault_point(stage_name, "mid")
 
     with Progress(f"{stage_name}: {len(samples)} samples of round {number} to WAV", len(samples), "sample") as bar:
@@ -130,7 +129,7 @@ class WavJob:
     label: str  # names it in a failure
 
 
-def write_wavs(synth: Synthesizer, jobs: list[WavJob], batch_size: int, written=None,
+def write_wavs(synth: Codec, jobs: list[WavJob], batch_size: int, written=None,
                progress: Progress | None = None) -> dict[int, str]:
     """Decode `jobs` in batches of `batch_size`, in the order given (a batch's padding touches its sequences' last
     frames, so the order is part of the result), and write each WAV; `written({job index: path})` is told after each
@@ -145,7 +144,7 @@ def write_wavs(synth: Synthesizer, jobs: list[WavJob], batch_size: int, written=
                 failures[i] = f"{job.label}: {wav.__class__.__name__}: {wav}"
                 log.warning("decode: %s", failures[i])
                 continue
-            write_wav(job.path, wav, synth.sample_rate)
+            write_wav(job.path, wav, synth.output_sample_rate)
             paths[i] = str(job.path)
         if written:
             written(paths)
@@ -154,16 +153,10 @@ def write_wavs(synth: Synthesizer, jobs: list[WavJob], batch_size: int, written=
     return failures
 
 
-@lru_cache(maxsize=2)
-def _synthesizer(codec_config: str, codec_checkpoint: str, acoustic: str | None) -> Synthesizer:
-    return Synthesizer(load_codec(Path(codec_config), Path(codec_checkpoint)),
-                       load_acoustic(Path(acoustic)) if acoustic else None)
-
-
-def synthesizer(cfg: Config) -> Synthesizer:
-    """The campaign's units-to-audio path, loaded once per worker process."""
-    acoustic = str(cfg.layout.acoustic) if cfg.codec.acoustic == "model" else None
-    return _synthesizer(*map(str, cfg.codec.files()), acoustic)
+def synthesizer(cfg: Config) -> Codec:
+    """The campaign's units-to-audio path (the codec plug-in, with SpeechTokenizer's acoustic stage when it decodes
+    through one), loaded once per worker process."""
+    return open_codec(cfg)
 
 
 def write_wav(path: Path, audio, sample_rate: int) -> None:

@@ -26,6 +26,7 @@ import statistics
 
 from speechalign.bootstrap.ceiling import measure_ceiling
 from speechalign.models.codec_lm import CodecLM, inference_policy
+from speechalign.models.codecs import Flattening, codec_flattening, golden_units
 from speechalign.models.likelihood import sequence_nll
 from speechalign.models.precision import decide_precision
 from speechalign.preference_store.schema import Prompt
@@ -46,16 +47,18 @@ def evaluate(ctx: RoundContext, policy: str, scores: HeldoutScores) -> Heldout:
     heldout = store.prompts("heldout")
     per_prompt = prompt_figures(store, round_id, "heldout")
     lm = inference_policy(policy, decide_precision(cfg.model.dtype))
-    per_prompt["golden_nll"] = golden_nll(lm, heldout, cfg.generate.batch_size)
+    flattening = codec_flattening(cfg.codec)
+    per_prompt["golden_nll"] = golden_nll(lm, heldout, cfg.generate.batch_size, flattening)
     samples = store.samples(round_id, "heldout")
-    golden, synthetic = [p.golden_tokens[0] for p in heldout], [s.tokens for s in samples]
+    golden_of = {p.id: golden_units(p.golden_tokens, flattening) for p in heldout}
+    golden, synthetic = [golden_of[p.id] for p in heldout], [s.tokens for s in samples]
     ctx.layout.round_dir(ctx.number).mkdir(parents=True, exist_ok=True)
     save_projection(golden, synthetic, f"round {ctx.number}: golden vs the policy's units, held out",
                     ctx.layout.round_dir(ctx.number) / GAP_FIGURE)
     against = {name: record for name, record in
                {"vs_base": ctx.base, "vs_previous": ctx.previous, "vs_champion": ctx.champion}.items()
                if record is not None and record.heldout is not None}
-    golden_of, units_of = {p.id: p.golden_tokens[0] for p in heldout}, units_by_prompt(samples)
+    units_of = units_by_prompt(samples)
     compared = {record.number: {**changes(per_prompt, record.heldout.per_prompt),
                                 **gap_changes(golden_of, units_of, units_by_prompt(round_samples(ctx, record.number)))}
                 for record in against.values()}  # once per round (round 0 is often base, previous and champion)
@@ -102,7 +105,8 @@ def prompt_means(per_prompt: dict[str, dict[int, float]]) -> dict[str, float]:
     return value_means({metric: value} for metric, by_prompt in per_prompt.items() for value in by_prompt.values())
 
 
-def golden_nll(lm: CodecLM, prompts: list[Prompt], batch_size: int) -> dict[int, float]:
+def golden_nll(lm: CodecLM, prompts: list[Prompt], batch_size: int, flattening: Flattening) -> dict[int, float]:
     """Per prompt, the policy's mean negative log-likelihood per token of the golden units (teacher-forced)."""
-    nll = sequence_nll(lm, [(lm.prompt(p.text, p.speaker), p.golden_tokens[0]) for p in prompts], batch_size)
+    nll = sequence_nll(lm, [(lm.prompt(p.text, p.speaker), golden_units(p.golden_tokens, flattening))
+                            for p in prompts], batch_size)
     return {p.id: v for p, v in zip(prompts, nll)}

@@ -21,6 +21,7 @@ import logging
 import random
 
 from speechalign.config import Config
+from speechalign.models.codecs import codec_flattening, golden_units
 from speechalign.models.generators import generator_for
 from speechalign.models.sampling import Sampling
 from speechalign.preference_store.schema import Prompt
@@ -40,7 +41,7 @@ log = logging.getLogger(__name__)
 def generate(ctx: RoundContext) -> Candidates:
     cfg, store, round_id = ctx.cfg, ctx.store, ctx.round.id
     prompts = round_prompts(cfg, store, ctx.number)
-    store.add_samples(golden_samples(round_id, prompts))
+    store.add_samples(golden_samples(round_id, prompts, codec_flattening(cfg.codec)))
     g = cfg.generate
     todo = [(p.id, k) for p in prompts for k in range(g.k)]
     made = generate_samples(cfg, store, ctx, "candidate", todo, ctx.round.policy_in, candidate_sampling(cfg),
@@ -95,8 +96,10 @@ def probe_prompts(cfg: Config, store: PreferenceStore) -> list[Prompt]:
     return sorted(random.Random(derive_seed(cfg.evaluate.seed, "probe")).sample(train, n), key=lambda p: p.id)
 
 
-def golden_samples(round_id: int, prompts: list[Prompt]) -> list[dict]:
-    return [{"round_id": round_id, "prompt_id": p.id, "kind": "golden", "k": 0, "tokens": p.golden_tokens[0],
+def golden_samples(round_id: int, prompts: list[Prompt], flattening) -> list[dict]:
+    """Each prompt's golden units (its golden tokens flattened as the LM speaks them) as a sample."""
+    return [{"round_id": round_id, "prompt_id": p.id, "kind": "golden", "k": 0,
+             "tokens": golden_units(p.golden_tokens, flattening),
              "finished": True, "seed": None, "sampling": None} for p in prompts]
 
 

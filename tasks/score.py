@@ -22,6 +22,7 @@ from collections.abc import Iterable, Mapping
 from itertools import groupby
 
 from speechalign.config import Config
+from speechalign.models.codecs import Flattening, codec_flattening, golden_units
 from speechalign.models.metrics import ScoreItem, get_metric, is_cheap, value_directions
 from speechalign.preference_store.schema import Sample
 from speechalign.preference_store.store import PreferenceStore, open_store
@@ -96,11 +97,13 @@ def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: st
     samples = {s.id: s for s in store.samples(round_id)}
     prompts = {p.id: p for p in store.prompts()}
     have = store.scores(round_id)
+    flattening = codec_flattening(cfg.codec)
     failures = 0
     for number, ids in enumerate(batches, start=1):
         batch = [samples[i] for i in ids if not metric.outputs.keys() <= have.get(i, {}).keys()]
         if batch:  # else a retried shard: this batch was written
-            rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id], cfg.model.deduplicate) for s in batch])
+            rows = score_batch(metric, batch, [as_item(s, prompts[s.prompt_id], flattening, cfg.model.deduplicate)
+                                               for s in batch])
             failures += sum(r["error"] is not None for r in rows)
             store.add_scores(rows)
         if on_batch:
@@ -108,10 +111,10 @@ def score_batches(cfg: Config, round_id: int, batches: list[list[int]], name: st
     return {"failures": failures}
 
 
-def as_item(sample: Sample, prompt, deduplicate: bool = False) -> ScoreItem:
-    """A sample with its prompt's golden reference; a deduplicating model's units are compared with the golden
-    units deduplicated."""
-    golden = prompt.golden_tokens[0]
+def as_item(sample: Sample, prompt, flattening: Flattening, deduplicate: bool = False) -> ScoreItem:
+    """A sample with its prompt's golden reference: its golden units, flattened as the sample's are (the codec's
+    flattening); a deduplicating model's units are compared with the golden units deduplicated."""
+    golden = golden_units(prompt.golden_tokens, flattening)
     if deduplicate and sample.kind != "golden":
         golden = [u for u, _ in groupby(golden)]
     return ScoreItem(tokens=sample.tokens, golden_tokens=golden, text=prompt.text, audio_path=sample.audio_path,

@@ -33,6 +33,7 @@ from trl import GRPOConfig, GRPOTrainer
 
 from speechalign.config import Config
 from speechalign.models.codec_lm import CodecLM, load_codec_lm, load_options, release_policies
+from speechalign.models.codecs import codec_flattening, golden_units
 from speechalign.models.metrics import ScoreItem, get_metric, plugins_for
 from speechalign.models.precision import decide_precision
 from speechalign.preference_store.schema import Prompt
@@ -68,6 +69,7 @@ class RolloutScorer:
         self.metrics = plugins_for(reward.values)
         self.listens = any(get_metric(name, cfg.score).needs_audio for name in self.metrics)
         self.synth = synthesizer(cfg) if self.listens else None
+        self.flattening = codec_flattening(cfg.codec)
         self._key: tuple | None = None
         self._components: dict[str, list[float]] = {}
         self.seconds = {"decode": 0.0, "score": 0.0}
@@ -86,7 +88,7 @@ class RolloutScorer:
     def score(self, completion_ids: list[list[int]], prompt_ids: list[int], step: int, log_metric=None):
         started = time.monotonic()
         generated = [self.lm.ids_to_units(ids) for ids in completion_ids]
-        golden = [self.prompts[p].golden_tokens[0] for p in prompt_ids]
+        golden = [golden_units(self.prompts[p].golden_tokens, self.flattening) for p in prompt_ids]
         first = step * self.rollouts_per_step
         store, round_id = self.ctx.store, self.ctx.round.id
         g = self.cfg.online.num_generations

@@ -38,6 +38,9 @@ def reconstruction_figures(cfg: Config, limit: int = 40) -> dict:
     prompts = open_store(cfg.store_url).prompts("heldout")[:limit]
     if not prompts:
         raise RuntimeError("the store has no held-out prompts; run `speechalign bootstrap` first")
+    if cfg.codec.kind != "speechtokenizer":
+        raise RuntimeError(f"codec-report measures a SpeechTokenizer and its acoustic stage; codec.kind is "
+                           f"{cfg.codec.kind!r}")
     codec = load_codec(*cfg.codec.files())
     full = Synthesizer(codec, None)
     staged = Synthesizer(codec, load_acoustic(cfg.layout.acoustic)) if is_saved_acoustic(cfg.layout.acoustic) else None

@@ -95,6 +95,16 @@ def check_quantization(cfg: Config) -> None:
                              "pip install 'speechalign[qlora]'")
 
 
+def check_codec(cfg: Config) -> None:
+    """The codec's config is there and fits codec.kind and codec.codebooks (its config file alone: seconds)."""
+    from speechalign.models.codecs import codec_flattening  # noqa: PLC0415
+
+    try:
+        codec_flattening(cfg.codec)
+    except (OSError, ValueError) as exc:
+        raise PreflightError(f"codec: {exc}") from exc
+
+
 def prepare(cfg: Config, mlflow_too: bool = True) -> None:
     """Reach the store (and MLflow), bring the store's schema to the newest migration, and check that the machine
     can do what the config asks (QLoRA)."""
@@ -109,6 +119,7 @@ def prepare(cfg: Config, mlflow_too: bool = True) -> None:
     if mlflow_too:
         check_mlflow(cfg.tracking_uri)
         check_metric_models(cfg)
+        check_codec(cfg)
     if cfg.store.auto_migrate:
         migrate.upgrade(url)
     elif migrate.current_revision(url) != migrate.head_revision(url):
