@@ -231,7 +231,7 @@ def test_bootstrap_and_a_round_on_each_transformers_codec(tmp_path, tmp_path_fac
     cfg = tiny_config(tmp_path / "work", f"sqlite:///{tmp_path / 'store.db'}", manifest, *codec_knobs,
                       f'model.base_model="{user}"', "model.sft_epochs=0", "model.speaker_in_prompt=false",
                       *(f"model.{key}={json.dumps(value)}" for key, value in fmt.items()), "prefect.task_retries=0",
-                      "generate.max_new_tokens=40", "corpus.heldout_fraction=0.25", "evaluate.probe_prompts=1",
+                      "generate.max_new_tokens=480", "corpus.heldout_fraction=0.25", "evaluate.probe_prompts=1",
                       *LIGHT_SCORING[:2], 'score.heldout_metrics=["speaker_similarity"]', LIGHT_SCORING[2])
     prepare(cfg)
     result = bootstrap(str(cfg.workdir))

@@ -55,6 +55,7 @@ def test_a_round_tracked_by_a_real_mlflow_server(tmp_path, store_url, bootstrap_
 @pytest.mark.parametrize("store_url", ["sqlite"], indirect=True)
 def test_the_mlflow_link_the_demo_prints_opens_the_campaigns_runs_in_a_browser(tmp_path, store_url,
                                                                                 bootstrap_template):
+    from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import WebDriverWait
 
@@ -75,7 +76,12 @@ def test_the_mlflow_link_the_demo_prints_opens_the_campaigns_runs_in_a_browser(t
         browser = chromium()  # a new browser, as a user's first visit: MLflow would start it on GenAI traces
         try:
             browser.get(url)
-            WebDriverWait(browser, 240).until(lambda b: "matching runs" in b.find_element(By.TAG_NAME, "body").text)
+            try:
+                WebDriverWait(browser, 120).until(lambda b: "matching run" in b.find_element(By.TAG_NAME, "body").text)
+            except TimeoutException:
+                browser.save_screenshot(str(tmp_path / "mlflow-ui.png"))
+                pytest.fail(f"{browser.current_url} never listed the runs; the page read:\n"
+                            + browser.find_element(By.TAG_NAME, "body").text[:3000])
             page = browser.find_element(By.TAG_NAME, "body").text
             assert f"/#/experiments/{experiment}/runs" in browser.current_url
             assert "Run Name" in page and "nightly" in page.split("Run Name", 1)[1]  # the campaign's run, listed
