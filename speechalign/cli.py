@@ -286,20 +286,33 @@ def cmd_ablate(args) -> int:
         named = {r: campaign_name(cfg.campaign.name, r) for r in recipes}
         against_round(open_store(cfg.store_url), named, args.against)
     names = ablation(recipes=recipes, rounds=args.rounds, **_flow_args(cfg, args))
-    report = ablation_report(cfg, dict(zip(recipes, names)), args.against)
+    from speechalign.flows.ablation import recipe_overrides
+
+    campaigns = dict(zip(recipes, names))
+    overrides = {name: recipe_overrides(cfg.campaign.name, recipe, knobs, args.overrides)
+                 for (recipe, knobs), name in zip(recipes.items(), names)}
+    if _has_rounds(cfg, cfg.campaign.name) and cfg.campaign.name not in names:  # the campaign the recipes vary
+        campaigns = {f"{cfg.campaign.name} (default)": cfg.campaign.name, **campaigns}  # (make demo's): a row too
+        overrides = {cfg.campaign.name: [*(args.overrides or []), f"campaign.name={cfg.campaign.name}"], **overrides}
+    report = ablation_report(cfg, campaigns, args.against)
     if args.final:
-        from speechalign.flows.ablation import recipe_overrides
         from speechalign.flows.final_evaluation import final_evaluation
         from speechalign.report import final_report
 
-        overrides = {name: recipe_overrides(cfg.campaign.name, recipe, knobs, args.overrides)
-                     for (recipe, knobs), name in zip(recipes.items(), names)}
         final = final_evaluation(str(cfg.workdir), overrides, args.final, args.final_manifest, args.config)
-        report["final"] = final_report(final, dict(zip(recipes, names)), args.against)
+        report["final"] = final_report(final, campaigns, args.against)
     out = Path(cfg.workdir) / f"ablation-{cfg.campaign.name}.json"
     out.write_text(json.dumps(report, indent=2, default=str))
     print(json.dumps(report, indent=2, default=str) if args.json else f"{format_ablation(report)}\n\n(also in {out})")
     return 0
+
+
+def _has_rounds(cfg, name: str) -> bool:
+    from speechalign.preference_store.store import open_store
+
+    store = open_store(cfg.store_url)
+    campaign = store.campaign(name)
+    return campaign is not None and any(r.number > 0 and r.status == "completed" for r in store.rounds(campaign.id))
 
 
 def cmd_plan(args) -> int:

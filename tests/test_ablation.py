@@ -53,6 +53,7 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
     assert all(p.margins["dnsmos_ovrl"] > 0 for p in store.pairs(first.id))
     assert main(args) == 0  # run again: both campaigns are done, nothing runs, the same table
     assert capsys.readouterr().out.splitlines()[3:6] == lines[3:6]
+    assert report["rows"][1]["recipe"] == "golden_vs_synthetic"  # the campaign the recipes vary has no round yet
 
     # a recipe against another (its control), paired by held-out prompt: the mean of the per-prompt differences
     assert main([*args, "--against", "golden_vs_synthetic"]) == 0
@@ -88,3 +89,15 @@ def test_ablate_runs_each_criterion_as_a_campaign_from_the_same_base(bootstrappe
     assert row["evaluated_otherwise"] == row["not_comparable"]  # its round 0 is the base model row's copy
     text = format_ablation(report)
     assert f"single:dnsmos_ovrl: not compared, held out evaluated otherwise (evaluate.mode = {other!r}" in text
+
+    # once the campaign the recipes vary has rounds of its own (what `make demo` runs), it is a row of the table too,
+    # and the recipes can be compared against it
+    from speechalign.flows.campaign import alignment_campaign
+
+    alignment_campaign(str(cfg.workdir), rounds=1)
+    assert main([*args, "--against", cfg.campaign.name]) == 0
+    report = json.loads((cfg.workdir / f"ablation-{cfg.campaign.name}.json").read_text())
+    assert [r["recipe"] for r in report["rows"]] == ["base model", f"{cfg.campaign.name} (default)",
+                                                     "golden_vs_synthetic", "single:dnsmos_ovrl"]
+    assert report["rows"][1]["campaign"] == cfg.campaign.name and report["rows"][1]["rounds"] == 1
+    assert report["against"]["campaign"] == cfg.campaign.name

@@ -30,6 +30,9 @@ FORMATS = {  # the [model] knobs of each kind's test model
                 "prompt_template": "{text}{speech_start}"},
 }
 CODEBOOKS = {"xcodec2": 1, "neucodec": 1, "mimi": 2, "dac": 2, "encodec": 2}
+# units of the test corpus's longest utterance (6 rows) at k codebooks, and one to spare: bootstrap refuses a
+# generate.max_new_tokens that would cut it; a tiny random model rarely stops early, so this is what a round generates
+MAX_NEW_TOKENS = {"xcodec2": 160, "neucodec": 160, "mimi": 90, "dac": 310, "encodec": 460}
 # Llama 3's chat template, as Llasa's tokenizer (a Llama 3.2 one) renders a user message and the assistant's header
 LLAMA3_CHAT = ("{{ bos_token }}{% for m in messages %}<|start_header_id|>{{ m['role'] }}<|end_header_id|>\n\n"
                "{{ m['content'] | trim }}<|eot_id|>{% endfor %}"
@@ -231,7 +234,8 @@ def test_bootstrap_and_a_round_on_each_transformers_codec(tmp_path, tmp_path_fac
     cfg = tiny_config(tmp_path / "work", f"sqlite:///{tmp_path / 'store.db'}", manifest, *codec_knobs,
                       f'model.base_model="{user}"', "model.sft_epochs=0", "model.speaker_in_prompt=false",
                       *(f"model.{key}={json.dumps(value)}" for key, value in fmt.items()), "prefect.task_retries=0",
-                      "generate.max_new_tokens=480", "corpus.heldout_fraction=0.25", "evaluate.probe_prompts=1",
+                      f"generate.max_new_tokens={MAX_NEW_TOKENS[kind]}", "corpus.heldout_fraction=0.25",
+                      "evaluate.probe_prompts=1",
                       *LIGHT_SCORING[:2], 'score.heldout_metrics=["speaker_similarity"]', LIGHT_SCORING[2])
     prepare(cfg)
     result = bootstrap(str(cfg.workdir))
