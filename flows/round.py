@@ -1,7 +1,9 @@
 """One alignment round, top to bottom.
 
-    candidates from the policy -> their audio -> their scores -> preference pairs -> DPO + LoRA -> the new policy
-    (or, with train.method = "grpo": GRPO + LoRA on the policy's own rollouts, rewarded as they are made)
+    train.method = "grpo" (the default): GRPO + LoRA on the policy's own rollouts, rewarded as they are made
+    -> the new policy
+    train.method = "dpo": candidates from the policy -> their audio -> their scores -> preference pairs
+    -> DPO + LoRA -> the new policy
     -> its held-out samples -> their audio -> their scores -> the held-out figures and their intervals
     -> guard -> MLflow model version -> champion alias, or not
 

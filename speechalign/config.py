@@ -192,7 +192,8 @@ class ModelConfig(Section):
 
 class GenerateConfig(Section):
     k: int = Field(2, ge=1, description="candidates per prompt")
-    prompts_per_round: int = Field(128, ge=0, description="0: every train prompt; else a seeded subset, new each round")
+    prompts_per_round: int = Field(64, ge=0, description="0: every train prompt; else a seeded subset, new each round "
+                                                           "(grpo: its rollout groups; dpo: its candidates' prompts)")
     temperature: float = Field(1.0, gt=0, description="sampling temperature")
     top_k: int = Field(0, ge=0, description="0: no top-k cut")
     top_p: float = Field(1.0, gt=0, le=1, description="1.0: no nucleus cut")
@@ -328,10 +329,11 @@ class GuardConfig(Section):
 
 class TrainConfig(Section):
     method: Literal["dpo", "grpo"] = Field(
-        "dpo", description="dpo: offline, on the round's preference pairs (generate, decode, score, pairs, then TRL's "
+        "grpo", description="dpo: offline, on the round's preference pairs (generate, decode, score, pairs, then TRL's "
         "DPOTrainer, with train.loss_type); grpo: online, TRL's GRPOTrainer on the policy's own rollouts, rewarded by "
         "the metric plug-ins ([online], [reward]; tasks/train_online.py)")
-    learning_rate: float = Field(1e-4, gt=0, description="DPO learning rate")
+    learning_rate: float = Field(5e-4, gt=0, description="learning rate (GRPO's LoRA; the DPO recipes of "
+                                                          "scripts/demo_sweep.toml use 1e-4)")
     beta: float = Field(0.1, gt=0, description="DPO beta")
     loss_type: list[str] = Field(["sigmoid", "sft"], description="TRL loss types: DPO (sigmoid) plus the NLL of the "
                                                                  "chosen side (RPO); [\"sigmoid\"]: plain DPO")
@@ -358,26 +360,29 @@ class TrainConfig(Section):
 class OnlineConfig(Section):
     num_generations: int = Field(8, ge=2, description="grpo: rollouts sampled per prompt, one group (advantages are "
                                                        "each rollout's reward against its group's)")
-    prompts_per_step: int = Field(4, ge=1, description="grpo: prompts per optimizer step (x num_generations rollouts; "
+    prompts_per_step: int = Field(8, ge=1, description="grpo: prompts per optimizer step (x num_generations rollouts; "
                                                        "generate.prompts_per_round of them make a round's epoch)")
     loss_type: Literal["dapo", "dr_grpo", "grpo", "bnpo"] = Field(
         "dapo", description="TRL's GRPO loss: how token losses are normalised (dapo: over the batch's tokens)")
     scale_rewards: Literal["group", "batch", "none"] = Field(
         "group", description="divide advantages by the standard deviation of the group's rewards, the batch's, or not")
-    beta: float = Field(0.0, ge=0, description="KL penalty against the round's input policy (the adapter disabled); "
-                                               "0: none, and no reference pass")
+    beta: float = Field(0.04, ge=0, description="KL penalty against the round's input policy (the adapter disabled); "
+                                                "0: none, and no reference pass")
     save_steps: int = Field(4, ge=1, description="a checkpoint every this many steps: a killed round resumes there")
 
 
 class RewardConfig(Section):
     weights: dict[str, float] = Field(
-        {"asr_cer": 1.0, "unit_edit_distance": 1.0},
+        {"unit_edit_distance": 1.0},
         description="metric values the reward weighs (grpo, and the best_of_k criterion): each shaped into [0, 1] "
-                    "between its bounds, then averaged with these weights (speechalign/rewards.py)")
+                    "between its bounds, then averaged with these weights (speechalign/rewards.py). The default "
+                    "reads units alone (no decoding, no ASR): on the demo's model an ASR reward is mostly noise "
+                    "(docs/results.md); for a model whose samples ASR can read, add asr_cer (and speaker_similarity, "
+                    "dnsmos_ovrl), as MagpieTTS and CosyVoice2 reward theirs")
     bounds: dict[str, list[float]] = Field(
         {}, description="value = [worst, best], where its component is 0 and 1 (defaults: asr_cer, asr_wer and "
                         "unit_edit_distance [1, 0]; speaker_similarity [0.5, 1]; dnsmos_ovrl [1, 4])")
-    min_length_ratio: float = Field(0.5, ge=0, description="a sample shorter than this x its golden units, or one that "
+    min_length_ratio: float = Field(0.8, ge=0, description="a sample shorter than this x its golden units, or one that "
                                                           "hit generate.max_new_tokens, gets reward 0")
 
     _weights_ok = field_validator("weights")(_non_negative)

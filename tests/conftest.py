@@ -41,6 +41,7 @@ TINY_MODEL = [  # a one-layer Llama: learns little, but every code path is the r
     "model.layers=1", "model.hidden_size=64", "model.heads=2", "model.sft_epochs=2", "model.sft_batch_size=8",
     "generate.k=2", "generate.batch_size=32", "generate.max_new_tokens=150", "train.batch_size=8",
     "train.lora_r=4", "train.lora_alpha=8", "train.learning_rate=0.001", "evaluate.mode=sampled",
+    "train.method=dpo", "generate.prompts_per_round=128", "online.beta=0.0", "reward.min_length_ratio=0.5",
     "evaluate.samples_per_prompt=2", "evaluate.probe_prompts=3",
     "corpus.heldout_fraction=0.2", "codec.acoustic_steps=30",
 ]

@@ -18,6 +18,8 @@ from tests.forked_cli import run_cli
 
 ONLINE = ["train.method=grpo", "online.num_generations=2", "online.prompts_per_step=2", "online.save_steps=1",
           "generate.prompts_per_round=4", "generate.max_new_tokens=120", "train.learning_rate=0.001",
+          "online.beta=0.04",  # the default KL term: the reference is the policy with its adapter disabled
+          "reward.weights={asr_cer = 1.0, unit_edit_distance = 1.0}",  # a reward that listens: rollouts decoded
           "reward.min_length_ratio=0.0"]  # the tiny model's rollouts are short: let the ones that end be heard
 
 

@@ -57,7 +57,10 @@ def test_the_plan_of_a_model_it_never_loads(tmp_path):
     sequence = 200 + 1000 + 1
     assert found["memory"]["kv_cache"] == 64 * sequence * layers * 2 * kv * 4  # generate.batch_size 64, fp32
     assert found["memory"]["training_weights"] == parameters * 4
-    assert found["memory"]["activations"] == 2 * 16 * sequence * layers * h * 34  # 16 pairs: 32 sequences
+    # GRPO (the default): 8 prompts a step x 8 rollouts each; DPO: 16 pairs, a chosen and a rejected side each
+    assert found["memory"]["activations"] == 8 * 8 * sequence * layers * h * 34
+    dpo = plan(cfg.model_copy(update={"train": cfg.train.model_copy(update={"method": "dpo"})}))
+    assert dpo["memory"]["activations"] == 2 * 16 * sequence * layers * h * 34
     problems = found["budget"]
     assert len(problems) == 3 and problems[0].startswith("utterance an utterance of corpus.max_seconds = 20.0: "
                                                          "1000 units after a 200-token prompt need "
