@@ -2,7 +2,8 @@
 weighs (tasks/train_online.py's RolloutScorer), against decoding the batch again for each weighted value, as a
 reward function per value would do on its own; measured in the same run on the same rollouts.
 
-    .venv/bin/python benchmarks/rewards.py --workdir speechalign-demo [--rollouts 32] [--campaign demo-grpo]
+    .venv/bin/python benchmarks/rewards.py --workdir speechalign-demo [--rollouts 32] [--campaign demo] \
+        [--set 'reward.weights={asr_cer = 1.0, speaker_similarity = 0.5, dnsmos_ovrl = 0.5, unit_edit_distance = 1.0}']
 
 The rollouts are sampled from the work directory's base model for its train prompts, as a GRPO step samples them
 (generate's sampling, only units), and recorded in a campaign of the benchmark's own, `bench-rewards`. Prints each
@@ -72,12 +73,14 @@ def main() -> None:
     ap.add_argument("--workdir", default="speechalign-demo")
     ap.add_argument("--rollouts", type=int, default=32)
     ap.add_argument("--campaign", help="an online campaign of the work directory: its steps' time shares")
+    ap.add_argument("--set", action="append", default=[], dest="overrides", metavar="SECTION.KEY=VALUE",
+                    help="a config knob, e.g. the reward's weights (the default reward reads units alone: no decoding)")
     args = ap.parse_args()
-    cfg = load_config(workdir=args.workdir)
+    cfg = load_config(workdir=args.workdir, overrides=args.overrides)
     store = open_store(cfg.store_url)
     if args.campaign:
         step_shares(cfg, store, args.campaign)
-    bench = load_config(workdir=args.workdir, overrides=['campaign.name="bench-rewards"'])
+    bench = load_config(workdir=args.workdir, overrides=[*args.overrides, 'campaign.name="bench-rewards"'])
     campaign = ensure_campaign(bench)  # the scorer records its rollouts: in a campaign of the benchmark's own
     lm = load_codec_lm(campaign.base_model_path)
     prompts = (store.prompts("train") * args.rollouts)[:args.rollouts]

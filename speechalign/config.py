@@ -376,9 +376,9 @@ class RewardConfig(Section):
         {"unit_edit_distance": 1.0},
         description="metric values the reward weighs (grpo, and the best_of_k criterion): each shaped into [0, 1] "
                     "between its bounds, then averaged with these weights (speechalign/rewards.py). The default "
-                    "reads units alone (no decoding, no ASR): on the demo's model an ASR reward is mostly noise "
-                    "(docs/results.md); for a model whose samples ASR can read, add asr_cer (and speaker_similarity, "
-                    "dnsmos_ovrl), as MagpieTTS and CosyVoice2 reward theirs")
+                    "reads units alone, so a step decodes nothing; weigh asr_cer, speaker_similarity and dnsmos_ovrl "
+                    "too (as MagpieTTS and CosyVoice2 reward theirs) at the cost of decoding every rollout "
+                    "(docs/results.md: what each did on the demo)")
     bounds: dict[str, list[float]] = Field(
         {}, description="value = [worst, best], where its component is 0 and 1 (defaults: asr_cer, asr_wer and "
                         "unit_edit_distance [1, 0]; speaker_similarity [0.5, 1]; dnsmos_ovrl [1, 4])")

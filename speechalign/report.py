@@ -17,13 +17,15 @@ from speechalign.preference_store.store import open_store, redact
 from speechalign.runtime.context import round_record
 from speechalign.stats.intervals import changes
 
-COLUMNS = [  # (header, key, format)
+TRAINING = {  # each training method's columns, shown when a round of the campaign trained that way
+    "dpo": [("pairs", "pairs/pairs", "{:.0f}"), ("dpo acc", "dpo/rewards/accuracies", "{:.3f}"),
+            ("dpo margin", "dpo/rewards/margins", "{:.3f}"), ("logp chosen", "dpo/logps/chosen", "{:.1f}")],
+    "grpo": [("reward", "grpo/reward", "{:.3f}"), ("KL", "grpo/kl", "{:.4f}"),
+             ("flat groups", "grpo/frac_reward_zero_std", "{:.2f}")],
+}
+COLUMNS = [  # (header, key, format); a training method's columns go after status
     ("round", "round", "{}"),
     ("status", "status", "{}"),
-    ("pairs", "pairs/pairs", "{:.0f}"),
-    ("dpo acc", "dpo/rewards/accuracies", "{:.3f}"),
-    ("dpo margin", "dpo/rewards/margins", "{:.3f}"),
-    ("logp chosen", "dpo/logps/chosen", "{:.1f}"),
     ("WER", "heldout/asr_wer", "{:.3f}"),
     ("CER", "heldout/asr_cer", "{:.3f}"),
     ("UED", "heldout/unit_edit_distance", "{:.4f}"),
@@ -91,18 +93,26 @@ def changes_of(heldout) -> dict[str, dict]:
     return {"ci": ci, "change": change}
 
 
-def row_cells(row: dict) -> list[str]:
+def columns(report: dict) -> list[tuple[str, str, str]]:
+    """COLUMNS, with the columns of each training method a round of the campaign used (DPO's pairs and rewards,
+    GRPO's reward, KL and share of groups whose rollouts all scored alike)."""
+    used = [cols for cols in TRAINING.values() if any(row.get(k) is not None for row in report["rounds"]
+                                                      for _, k, _ in cols)]
+    return [*COLUMNS[:2], *(c for cols in used for c in cols), *COLUMNS[2:]]
+
+
+def row_cells(row: dict, cols: list[tuple[str, str, str]]) -> list[str]:
     """One round's figures as the report's columns show them ("-" where a round has no value)."""
-    return [fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in COLUMNS]
+    return [fmt.format(row[key]) if row.get(key) is not None else "-" for _, key, fmt in cols]
 
 
-def ceiling_cells(report: dict) -> list[list[str]]:
+def ceiling_cells(report: dict, cols: list[tuple[str, str, str]]) -> list[list[str]]:
     """The ceiling rows: the held-out recordings, and their golden tokens decoded (scored once, at round 0)."""
     out = []
     for key, label in CEILING_ROWS.items():
         figures = report.get("ceiling" if key == "recording" else key) or {}
         if figures:
-            out.append(row_cells({**figures, "round": label, "status": "ceiling"}))
+            out.append(row_cells({**figures, "round": label, "status": "ceiling"}, cols))
     return out
 
 
@@ -128,7 +138,9 @@ CHANGE_TITLES = {"vs_base": "change against round 0 (the base model)", "vs_previ
 def format_table(report: dict) -> str:
     if not report["rounds"]:
         return f"campaign {report['campaign']}: no rounds yet"
-    lines = aligned([[h for h, _, _ in COLUMNS]] + [row_cells(row) for row in report["rounds"]] + ceiling_cells(report))
+    cols = columns(report)
+    lines = aligned([[h for h, _, _ in cols]] + [row_cells(row, cols) for row in report["rounds"]]
+                    + ceiling_cells(report, cols))
     for against, title in CHANGE_TITLES.items():
         cells = change_cells(report, against)
         if cells:
@@ -145,7 +157,9 @@ def markdown_rows(header: list[str], rows: list[list[str]]) -> list[str]:
 
 
 def markdown_table(report: dict) -> list[str]:
-    lines = markdown_rows([h for h, _, _ in COLUMNS], [row_cells(r) for r in report["rounds"]] + ceiling_cells(report))
+    cols = columns(report)
+    lines = markdown_rows([h for h, _, _ in cols], [row_cells(r, cols) for r in report["rounds"]]
+                          + ceiling_cells(report, cols))
     for against, title in CHANGE_TITLES.items():
         cells = change_cells(report, against)
         if cells:

@@ -117,6 +117,13 @@ def test_an_online_round_killed_inside_training_resumes_and_records_every_rollou
         client.get_run(run_id).data.metrics.keys()
     assert [a.path for a in client.list_artifacts(run_id, "rollouts")]  # the kept rollouts, to listen to
 
+    from speechalign.report import campaign_report, format_table
+
+    lines = format_table(campaign_report(cfg)).splitlines()  # GRPO's columns, not DPO's empty ones
+    header, first = lines[1].split(), lines[4].split()
+    assert header[:5] == ["round", "status", "reward", "KL", "flat"] and "acc" not in header
+    assert first[:2] == ["1", "completed"] and float(first[2]) == pytest.approx(trained["final"]["reward"], abs=5e-4)
+
 
 def test_pareto_pairs_never_reject_a_sample_that_wins_on_a_metric():
     from speechalign.criteria import criterion_function
