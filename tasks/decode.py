@@ -43,7 +43,7 @@ from speechalign.runtime.stage import stage
 from speechalign.tasks.score import candidate_metrics
 
 log = logging.getLogger(__name__)
-KINDS = ("golden", "candidate", "heldout", "probe")
+KINDS = ("golden", "candidate", "heldout", "probe", "test", "rollout")  # every kind of sample decoded
 
 
 @stage
